@@ -1,0 +1,24 @@
+"""Entry point of the memory backend: cheap to import, opens nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from llm_proxy_db import STORAGE_API_VERSION, Backend, BackendSpec, Capabilities, FullConfig, hookimpl
+
+
+def _open(config: FullConfig) -> Backend:
+    from ._store import MemoryBackend
+
+    return MemoryBackend()
+
+
+@hookimpl
+def llm_proxy_db_backends() -> Iterator[BackendSpec]:
+    yield BackendSpec(
+        name="memory",
+        api_version=STORAGE_API_VERSION,
+        factory=_open,
+        capabilities=Capabilities(),
+        description="In-process dicts: tests and prototyping; nothing persists",
+    )

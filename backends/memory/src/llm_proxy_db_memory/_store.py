@@ -1,0 +1,248 @@
+"""The memory backend: three dicts behind one re-entrant lock.
+
+Every call holds the lock, so each is atomic; a transaction holds it from start to end and
+restores a snapshot of the dicts if the block raises.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import attrs
+from llm_proxy_db import (
+    AlreadyExistsError,
+    AuditEvent,
+    AuditEventFilter,
+    AuditEventNotFoundError,
+    DatabaseError,
+    Project,
+    ProjectExistsError,
+    ProjectNotFoundError,
+    Stats,
+    Token,
+    TokenExistsError,
+    TokenNotFoundError,
+    mask_token,
+)
+
+__all__ = ["MemoryBackend"]
+
+_ALL = AuditEventFilter()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MemoryBackend:
+    """A ``Backend`` kept in process memory; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._projects: dict[str, Project] = {}
+        self._tokens: dict[str, Token] = {}
+        self._events: dict[str, AuditEvent] = {}
+        self._closed = False
+
+    # Connection
+    def close(self) -> None:
+        self._closed = True
+
+    def health_check(self) -> None:
+        if self._closed:
+            raise DatabaseError("the memory backend is closed")
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryBackend]:
+        with self._lock:
+            saved = (dict(self._projects), dict(self._tokens), dict(self._events))
+            try:
+                yield self
+            except BaseException:
+                self._projects, self._tokens, self._events = saved
+                raise
+
+    # Projects
+    def create_project(self, project: Project) -> Project:
+        with self._lock:
+            if project.id in self._projects:
+                raise ProjectExistsError(f"a project with id {project.id!r} already exists")
+            self._check_name_free(project)
+            self._projects[project.id] = project
+            return project
+
+    def get_project_by_id(self, project_id: str) -> Project:
+        with self._lock:
+            return self._project(project_id)
+
+    def update_project(self, project: Project) -> Project:
+        with self._lock:
+            stored = self._project(project.id)
+            self._check_name_free(project)
+            updated = attrs.evolve(
+                stored,
+                name=project.name,
+                openai_api_key=project.openai_api_key,
+                is_active=project.is_active,
+                deactivated_at=project.deactivated_at,
+                updated_at=utcnow(),
+            )
+            self._projects[project.id] = updated
+            return updated
+
+    def delete_project(self, project_id: str) -> None:
+        with self._lock:
+            self._project(project_id)
+            del self._projects[project_id]
+            self._tokens = {k: t for k, t in self._tokens.items() if t.project_id != project_id}
+
+    def list_projects(self) -> list[Project]:
+        with self._lock:
+            return sorted(self._projects.values(), key=lambda p: p.name)
+
+    # Tokens
+    def create_token(self, token: Token) -> Token:
+        with self._lock:
+            self._project(token.project_id)
+            if token.token in self._tokens:
+                raise TokenExistsError(f"token {mask_token(token.token)} already exists")
+            self._tokens[token.token] = token
+            return token
+
+    def get_token_by_id(self, token: str) -> Token:
+        with self._lock:
+            return self._token(token)
+
+    def update_token(self, token: Token) -> Token:
+        with self._lock:
+            stored = self._token(token.token)
+            updated = attrs.evolve(
+                stored,
+                expires_at=token.expires_at,
+                is_active=token.is_active,
+                deactivated_at=token.deactivated_at,
+                max_requests=token.max_requests,
+            )
+            self._tokens[token.token] = updated
+            return updated
+
+    def delete_token(self, token: str) -> None:
+        with self._lock:
+            self._token(token)
+            del self._tokens[token]
+
+    def list_tokens(self, project_id: str | None = None) -> list[Token]:
+        with self._lock:
+            tokens = [t for t in self._tokens.values() if project_id in (None, t.project_id)]
+        return sorted(tokens, key=lambda t: (t.created_at, t.token), reverse=True)
+
+    def increment_token_usage(self, token: str) -> Token:
+        with self._lock:
+            stored = self._token(token)
+            project = self._projects.get(stored.project_id)
+            now = utcnow()
+            stored.check_usable(project_active=project is not None and project.is_active, now=now)
+            updated = attrs.evolve(stored, request_count=stored.request_count + 1, last_used_at=now)
+            self._tokens[token] = updated
+            return updated
+
+    def revoke_token(self, token: str) -> None:
+        with self._lock:
+            self._tokens[token] = self._revoked(self._token(token), utcnow())
+
+    def revoke_project_tokens(self, project_id: str) -> int:
+        with self._lock:
+            return self._revoke_where(lambda t: t.project_id == project_id)
+
+    def revoke_expired_tokens(self) -> int:
+        now = utcnow()
+        with self._lock:
+            return self._revoke_where(lambda t: t.is_expired(now))
+
+    def increment_cache_hit_count(self, token: str, delta: int = 1) -> None:
+        with self._lock:
+            stored = self._token(token)
+            self._tokens[token] = attrs.evolve(
+                stored, cache_hit_count=stored.cache_hit_count + delta
+            )
+
+    def reset_token_usage(self, token: str) -> Token:
+        with self._lock:
+            updated = attrs.evolve(self._token(token), request_count=0)
+            self._tokens[token] = updated
+            return updated
+
+    # Audit
+    def create_audit_event(self, event: AuditEvent) -> AuditEvent:
+        with self._lock:
+            if event.id in self._events:
+                raise AlreadyExistsError(f"an audit event with id {event.id!r} already exists")
+            self._events[event.id] = event
+            return event
+
+    def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
+        with self._lock:
+            try:
+                return self._events[event_id]
+            except KeyError:
+                raise AuditEventNotFoundError(f"no audit event has id {event_id!r}") from None
+
+    def list_audit_events(self, filter: AuditEventFilter | None = None) -> list[AuditEvent]:
+        with self._lock:
+            events = list(self._events.values())
+        return (filter or _ALL).select(events)
+
+    def count_audit_events(self, filter: AuditEventFilter | None = None) -> int:
+        flt = filter or _ALL
+        with self._lock:
+            return sum(1 for e in self._events.values() if flt.matches(e))
+
+    def stats(self) -> Stats:
+        now = utcnow()
+        with self._lock:
+            tokens = list(self._tokens.values())
+            return Stats(
+                projects=len(self._projects),
+                active_projects=sum(p.is_active for p in self._projects.values()),
+                tokens=len(tokens),
+                active_tokens=sum(t.is_active and not t.is_expired(now) for t in tokens),
+                expired_tokens=sum(t.is_expired(now) for t in tokens),
+                total_requests=sum(t.request_count for t in tokens),
+                size_bytes=None,
+            )
+
+    # Helpers (callers hold the lock)
+    def _project(self, project_id: str) -> Project:
+        try:
+            return self._projects[project_id]
+        except KeyError:
+            raise ProjectNotFoundError(f"no project has id {project_id!r}") from None
+
+    def _token(self, token: str) -> Token:
+        try:
+            return self._tokens[token]
+        except KeyError:
+            raise TokenNotFoundError(f"no token {mask_token(token)}") from None
+
+    def _check_name_free(self, project: Project) -> None:
+        for other in self._projects.values():
+            if other.name == project.name and other.id != project.id:
+                raise ProjectExistsError(f"a project named {project.name!r} already exists")
+
+    @staticmethod
+    def _revoked(token: Token, now: datetime) -> Token:
+        return attrs.evolve(
+            token, is_active=False, deactivated_at=token.deactivated_at or now
+        )
+
+    def _revoke_where(self, condition: Callable[[Token], bool]) -> int:
+        now = utcnow()
+        changed = 0
+        for key, token in self._tokens.items():
+            if token.is_active and condition(token):
+                self._tokens[key] = self._revoked(token, now)
+                changed += 1
+        return changed

@@ -1,0 +1,107 @@
+"""llm-proxy-db: the storage layer of an LLM API proxy.
+
+Projects, tokens and an audit log behind one small API, on pluggable backends (SQLite by
+default, PostgreSQL, in-memory, or a third party's) chosen by name.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._config import Config, DriverType, FullConfig, config_from_env, parse_duration
+from ._converter import converter
+from ._db import DB, new, new_from_full_config
+from ._errors import (
+    AlreadyExistsError,
+    AuditEventNotFoundError,
+    BackendNotFoundError,
+    ConfigError,
+    DatabaseError,
+    MigrationError,
+    NotFoundError,
+    ProjectExistsError,
+    ProjectInactiveError,
+    ProjectNotFoundError,
+    TokenExistsError,
+    TokenExpiredError,
+    TokenInactiveError,
+    TokenLimitReachedError,
+    TokenNotFoundError,
+    TokenUsageError,
+    TransientError,
+)
+from ._models import (
+    AuditEvent,
+    AuditEventFilter,
+    Project,
+    Stats,
+    Token,
+    generate_token,
+    mask_token,
+)
+from ._protocols import AuditStore, Backend, ProjectStore, Stores, TokenStore
+from ._registry import (
+    STORAGE_API_VERSION,
+    BackendInfo,
+    BackendSpec,
+    Capabilities,
+    hookimpl,
+    list_backends,
+    register_backend,
+    unregister_backend,
+)
+
+try:
+    __version__ = version("llm-proxy-db")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DB",
+    "STORAGE_API_VERSION",
+    "AlreadyExistsError",
+    "AuditEvent",
+    "AuditEventFilter",
+    "AuditEventNotFoundError",
+    "AuditStore",
+    "Backend",
+    "BackendInfo",
+    "BackendNotFoundError",
+    "BackendSpec",
+    "Capabilities",
+    "Config",
+    "ConfigError",
+    "DatabaseError",
+    "DriverType",
+    "FullConfig",
+    "MigrationError",
+    "NotFoundError",
+    "Project",
+    "ProjectExistsError",
+    "ProjectInactiveError",
+    "ProjectNotFoundError",
+    "ProjectStore",
+    "Stats",
+    "Stores",
+    "Token",
+    "TokenExistsError",
+    "TokenExpiredError",
+    "TokenInactiveError",
+    "TokenLimitReachedError",
+    "TokenNotFoundError",
+    "TokenStore",
+    "TokenUsageError",
+    "TransientError",
+    "__version__",
+    "config_from_env",
+    "converter",
+    "generate_token",
+    "hookimpl",
+    "list_backends",
+    "mask_token",
+    "new",
+    "new_from_full_config",
+    "parse_duration",
+    "register_backend",
+    "unregister_backend",
+]

@@ -1,0 +1,327 @@
+"""The records: frozen, keyword-only attrs classes validated at construction.
+
+Every datetime is timezone-aware and normalised to UTC (microsecond precision). Update a
+record with :func:`attrs.evolve`, which validates again. Rows read back from a database
+are rebuilt with the trusted builders at the bottom of this module, which skip validation
+(the data was validated on the way in) and cost about half as much.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any, Final, Literal, TypeVar
+
+import attrs
+
+from ._errors import (
+    ProjectInactiveError,
+    TokenExpiredError,
+    TokenInactiveError,
+    TokenLimitReachedError,
+)
+
+__all__ = [
+    "AuditEvent",
+    "AuditEventFilter",
+    "Outcome",
+    "Project",
+    "Stats",
+    "Token",
+    "generate_token",
+    "mask_token",
+    "utcnow",
+]
+
+Outcome = Literal["success", "failure"]
+OUTCOMES: Final = ("success", "failure")
+TOKEN_PREFIX: Final = "sk-"
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def generate_token() -> str:
+    """A new client secret: ``"sk-"`` and 256 random bits from :mod:`secrets`."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def mask_token(token: str) -> str:
+    """The form of a token that is safe to print, e.g. ``sk-Ab...xyz9``.
+
+    Short values (which real tokens never are) keep only their first three characters.
+    """
+    if len(token) < 16:
+        return token[:3] + "..."
+    return f"{token[:5]}...{token[-4:]}"
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _to_utc(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(
+            f"naive datetime {value.isoformat()} is not allowed: give it a timezone (e.g. UTC)"
+        )
+    return value.astimezone(timezone.utc)
+
+
+def _to_utc_optional(value: object) -> datetime | None:
+    return None if value is None else _to_utc(value)
+
+
+def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{attribute.name} must not be empty")
+
+
+def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a string or None, got {type(value).__name__}")
+
+
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be a bool, got {type(value).__name__}")
+
+
+def _int_at_least(minimum: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be >= {minimum}, got {value}")
+
+    return check
+
+
+def _optional_int_at_least(
+    minimum: int,
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    check = _int_at_least(minimum)
+
+    def optional(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
+
+
+def _outcome(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in OUTCOMES:
+        raise ValueError(f"outcome must be 'success' or 'failure', got {value!r}")
+
+
+def _json_object(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise TypeError(f"{attribute.name} must be a dict or None, got {type(value).__name__}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{attribute.name} must be JSON-serialisable: {exc}") from None
+
+
+def _hidden(value: object) -> str:
+    return "'***'"
+
+
+def _masked(value: object) -> str:
+    return repr(mask_token(value)) if isinstance(value, str) else "'***'"
+
+
+@attrs.frozen(kw_only=True)
+class Project:
+    """A tenant: holds the upstream provider key that the proxy uses on its behalf."""
+
+    name: str = attrs.field(validator=_non_empty)
+    openai_api_key: str = attrs.field(validator=_non_empty, repr=_hidden)
+    id: str = attrs.field(factory=_new_id, validator=_non_empty)
+    is_active: bool = attrs.field(default=True, validator=_bool)
+    deactivated_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    created_at: datetime = attrs.field(factory=utcnow, converter=_to_utc)
+    updated_at: datetime = attrs.field(factory=utcnow, converter=_to_utc)
+
+
+@attrs.frozen(kw_only=True)
+class Token:
+    """A client credential for one project, with its quota and usage counters."""
+
+    project_id: str = attrs.field(validator=_non_empty)
+    token: str = attrs.field(factory=generate_token, validator=_non_empty, repr=_masked)
+    expires_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    is_active: bool = attrs.field(default=True, validator=_bool)
+    deactivated_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    request_count: int = attrs.field(default=0, validator=_int_at_least(0))
+    max_requests: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    created_at: datetime = attrs.field(factory=utcnow, converter=_to_utc)
+    last_used_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    cache_hit_count: int = attrs.field(default=0, validator=_int_at_least(0))
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """Whether ``expires_at`` is at or before ``now`` (default: the current time)."""
+        return self.expires_at is not None and self.expires_at <= (now or utcnow())
+
+    def check_usable(self, *, project_active: bool, now: datetime | None = None) -> None:
+        """Raise why ``increment_token_usage`` must refuse this token, if it must.
+
+        The order is the contract's: inactive, expired, project inactive, limit reached.
+        """
+        masked = mask_token(self.token)
+        if not self.is_active:
+            raise TokenInactiveError(f"token {masked} is inactive")
+        if self.is_expired(now):
+            raise TokenExpiredError(f"token {masked} has expired")
+        if not project_active:
+            raise ProjectInactiveError(f"the project of token {masked} is inactive")
+        if self.max_requests is not None and self.request_count >= self.max_requests:
+            raise TokenLimitReachedError(
+                f"token {masked} has used all of its {self.max_requests} requests"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class AuditEvent:
+    """One entry of the append-only security log."""
+
+    action: str = attrs.field(validator=_non_empty)
+    actor: str = attrs.field(validator=_non_empty)
+    outcome: Outcome = attrs.field(validator=_outcome)
+    id: str = attrs.field(factory=_new_id, validator=_non_empty)
+    timestamp: datetime = attrs.field(factory=utcnow, converter=_to_utc)
+    project_id: str | None = attrs.field(default=None, validator=_optional_str)
+    request_id: str | None = attrs.field(default=None, validator=_optional_str)
+    correlation_id: str | None = attrs.field(default=None, validator=_optional_str)
+    client_ip: str | None = attrs.field(default=None, validator=_optional_str)
+    method: str | None = attrs.field(default=None, validator=_optional_str)
+    path: str | None = attrs.field(default=None, validator=_optional_str)
+    user_agent: str | None = attrs.field(default=None, validator=_optional_str)
+    reason: str | None = attrs.field(default=None, validator=_optional_str)
+    token_id: str | None = attrs.field(default=None, validator=_optional_str)
+    metadata: dict[str, Any] | None = attrs.field(default=None, validator=_json_object)
+
+
+@attrs.frozen(kw_only=True)
+class AuditEventFilter:
+    """Which audit events to list or count.
+
+    Every field left at None matches everything. ``start_time`` is inclusive and
+    ``end_time`` exclusive; ``search`` is a case-insensitive substring matched literally
+    against action, actor, request_id, correlation_id, client_ip, method, path, reason and
+    metadata. ``limit``/``offset`` page the newest-first list.
+    """
+
+    action: str | None = attrs.field(default=None, validator=_optional_str)
+    actor: str | None = attrs.field(default=None, validator=_optional_str)
+    project_id: str | None = attrs.field(default=None, validator=_optional_str)
+    outcome: Outcome | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_outcome)
+    )
+    client_ip: str | None = attrs.field(default=None, validator=_optional_str)
+    request_id: str | None = attrs.field(default=None, validator=_optional_str)
+    correlation_id: str | None = attrs.field(default=None, validator=_optional_str)
+    method: str | None = attrs.field(default=None, validator=_optional_str)
+    path: str | None = attrs.field(default=None, validator=_optional_str)
+    start_time: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    end_time: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    search: str | None = attrs.field(default=None, validator=_optional_str)
+    limit: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    offset: int = attrs.field(default=0, validator=_int_at_least(0))
+
+    def matches(self, event: AuditEvent) -> bool:
+        """Whether ``event`` passes every condition of this filter (paging aside)."""
+        for name in _EXACT_FILTER_FIELDS:
+            wanted = getattr(self, name)
+            if wanted is not None and getattr(event, name) != wanted:
+                return False
+        if self.start_time is not None and event.timestamp < self.start_time:
+            return False
+        if self.end_time is not None and event.timestamp >= self.end_time:
+            return False
+        if self.search is not None:
+            needle = self.search.lower()
+            texts = [getattr(event, name) for name in SEARCHED_FIELDS[:-1]]
+            texts.append(metadata_text(event.metadata))
+            return any(text is not None and needle in text.lower() for text in texts)
+        return True
+
+    def select(self, events: Iterable[AuditEvent]) -> list[AuditEvent]:
+        """The matching events, newest first (ties by id descending), paged."""
+        found = sorted(
+            (e for e in events if self.matches(e)),
+            key=lambda e: (e.timestamp, e.id),
+            reverse=True,
+        )
+        end = None if self.limit is None else self.offset + self.limit
+        return found[self.offset : end]
+
+
+_EXACT_FILTER_FIELDS: Final = (
+    "action", "actor", "project_id", "outcome", "client_ip",
+    "request_id", "correlation_id", "method", "path",
+)
+SEARCHED_FIELDS: Final = (
+    "action", "actor", "request_id", "correlation_id", "client_ip",
+    "method", "path", "reason", "metadata",
+)
+"""The columns ``AuditEventFilter.search`` looks in (metadata as its JSON text)."""
+
+
+def metadata_text(metadata: dict[str, Any] | None) -> str | None:
+    """The JSON text stored for an audit event's metadata."""
+    return None if metadata is None else json.dumps(metadata, sort_keys=True)
+
+
+@attrs.frozen(kw_only=True)
+class Stats:
+    """Counts for an operator: what ``DB.stats()`` returns.
+
+    ``active_tokens`` are active and unexpired; ``expired_tokens`` have ``expires_at`` at or
+    before now, whatever their active flag; ``size_bytes`` is None where the backend cannot
+    tell.
+    """
+
+    projects: int
+    active_projects: int
+    tokens: int
+    active_tokens: int
+    expired_tokens: int
+    total_requests: int
+    size_bytes: int | None
+
+
+_T = TypeVar("_T")
+
+
+def _trusted_builder(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor for ``cls`` that skips converters and validators.
+
+    Only for values that already satisfy the class's invariants (rows this package wrote,
+    decoded by a codec that yields aware UTC datetimes). Arguments follow field order.
+    """
+    names = [a.name for a in attrs.fields(cls)]  # type: ignore[misc]
+    lines = [f"def build({', '.join(names)}):", "    self = _new(_cls)"]
+    lines += [f"    _set(self, {name!r}, {name})" for name in names]
+    lines.append("    return self")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "_cls": cls}
+    exec("\n".join(lines), namespace)  # noqa: S102 - generated from attrs field names only
+    build: Callable[..., _T] = namespace["build"]
+    build.__qualname__ = f"trusted_{cls.__name__}"
+    return build
+
+
+trusted_project = _trusted_builder(Project)
+trusted_token = _trusted_builder(Token)
+trusted_audit_event = _trusted_builder(AuditEvent)

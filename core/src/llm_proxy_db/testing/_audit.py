@@ -1,0 +1,266 @@
+"""The append-only audit log: create, read, filter, search, page and count."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from .._db import DB
+from .._errors import AlreadyExistsError, AuditEventNotFoundError
+from .._models import AuditEvent, AuditEventFilter
+from ._base import ConformanceBase, at, unique
+
+# Fields matched by AuditEventFilter equality filters, with two values that are not
+# substrings of each other (so the tests hold for exact and for substring matching).
+_FILTER_FIELDS: dict[str, tuple[str, str]] = {
+    "action": ("project.create", "token.revoke"),
+    "actor": ("admin@example.com", "cli:operator"),
+    "project_id": ("project-one", "project-two"),
+    "outcome": ("success", "failure"),
+    "client_ip": ("10.0.0.1", "192.168.7.7"),
+    "request_id": ("req-aaa", "req-bbb"),
+    "correlation_id": ("corr-xxx", "corr-yyy"),
+    "method": ("GET", "POST"),
+    "path": ("/v1/chat/completions", "/v1/embeddings"),
+}
+
+_SEARCHED_FIELDS = (
+    "action",
+    "actor",
+    "request_id",
+    "correlation_id",
+    "client_ip",
+    "method",
+    "path",
+    "reason",
+    "metadata",
+)
+
+
+class AuditTests(ConformanceBase):
+    def given_events(self, db: DB, *changes: dict[str, Any]) -> list[AuditEvent]:
+        return [db.create_audit_event(self.new_event(**change)) for change in changes]
+
+    def test_create_audit_event_round_trips_every_field(self, db: DB) -> None:
+        event = AuditEvent(
+            action="token.use",
+            actor="proxy",
+            outcome="failure",
+            timestamp=at(12.345678),
+            project_id="p-1",
+            request_id="r-1",
+            correlation_id="c-1",
+            client_ip="2001:db8::1",
+            method="POST",
+            path="/v1/chat/completions?x=1",
+            user_agent="curl/8.0 (ünïcode ✓)",
+            reason="limit reached",
+            token_id="sk-Ab...xyz9",
+            metadata={
+                "status": 429,
+                "ratio": 0.5,
+                "ok": False,
+                "none": None,
+                "nested": {"list": [1, "two", {"three": 3}], "empty": {}},
+                "text": "ünïcode ✓ \"quoted\" 100%",
+            },
+        )
+        assert db.create_audit_event(event) == event
+        assert db.get_audit_event_by_id(event.id) == event
+
+    def test_create_audit_event_with_defaults_round_trips(self, db: DB) -> None:
+        event = self.new_event()
+        assert db.create_audit_event(event) == event
+        stored = db.get_audit_event_by_id(event.id)
+        assert stored == event
+        assert stored.metadata is None
+        assert stored.project_id is None
+
+    def test_create_audit_event_with_empty_metadata(self, db: DB) -> None:
+        event = db.create_audit_event(self.new_event(metadata={}))
+        assert db.get_audit_event_by_id(event.id).metadata == {}
+
+    def test_create_audit_event_duplicate_id(self, db: DB) -> None:
+        event = db.create_audit_event(self.new_event())
+        with pytest.raises(AlreadyExistsError):
+            db.create_audit_event(self.new_event(id=event.id, action="other.action"))
+        assert db.get_audit_event_by_id(event.id) == event
+        assert db.count_audit_events() == 1
+
+    def test_get_unknown_audit_event(self, db: DB) -> None:
+        with pytest.raises(AuditEventNotFoundError):
+            db.get_audit_event_by_id(unique("missing"))
+
+    def test_audit_events_need_no_project_or_token(self, db: DB) -> None:
+        event = db.create_audit_event(
+            self.new_event(project_id=unique("deleted-project"), token_id="sk-zz...0000")
+        )
+        assert db.get_audit_event_by_id(event.id) == event
+
+    def test_list_audit_events_newest_first(self, db: DB) -> None:
+        events = self.given_events(db, *({"timestamp": at(s)} for s in (5, 1, 9, 3)))
+        expected = sorted(events, key=lambda e: e.timestamp, reverse=True)
+        assert db.list_audit_events() == expected
+        assert db.list_audit_events(AuditEventFilter()) == expected
+
+    def test_list_audit_events_ties_broken_by_id_descending(self, db: DB) -> None:
+        same = at(100)
+        events = self.given_events(
+            db,
+            {"id": "id-b", "timestamp": same},
+            {"id": "id-d", "timestamp": same},
+            {"id": "id-a", "timestamp": same},
+            {"id": "id-c", "timestamp": at(50)},
+            {"id": "id-0", "timestamp": at(200)},
+        )
+        ids = [e.id for e in db.list_audit_events()]
+        assert ids == ["id-0", "id-d", "id-b", "id-a", "id-c"]
+        assert len(events) == 5
+
+    def test_list_audit_events_microsecond_order(self, db: DB) -> None:
+        base = at(0)
+        events = self.given_events(
+            db,
+            {"id": "id-a", "timestamp": base + timedelta(microseconds=2)},
+            {"id": "id-b", "timestamp": base + timedelta(microseconds=1)},
+            {"id": "id-c", "timestamp": base + timedelta(microseconds=3)},
+        )
+        assert [e.id for e in db.list_audit_events()] == ["id-c", "id-a", "id-b"]
+        assert {e.id for e in events} == {"id-a", "id-b", "id-c"}
+
+    @pytest.mark.parametrize("field", sorted(_FILTER_FIELDS))
+    def test_filter_by_field(self, db: DB, field: str) -> None:
+        wanted, other = _FILTER_FIELDS[field]
+        matching = self.given_events(
+            db,
+            {field: wanted, "timestamp": at(1)},
+            {field: wanted, "timestamp": at(3)},
+        )
+        self.given_events(db, {field: other, "timestamp": at(2)})
+        if field != "outcome":
+            self.given_events(db, {"timestamp": at(4)})  # the field left empty
+        flt = AuditEventFilter(**{field: wanted})
+        assert db.list_audit_events(flt) == [matching[1], matching[0]]
+        assert db.count_audit_events(flt) == 2
+
+    def test_filters_combine_with_and(self, db: DB) -> None:
+        events = self.given_events(
+            db,
+            {"action": "token.use", "outcome": "success", "timestamp": at(1)},
+            {"action": "token.use", "outcome": "failure", "timestamp": at(2)},
+            {"action": "token.revoke", "outcome": "failure", "timestamp": at(3)},
+        )
+        flt = AuditEventFilter(action="token.use", outcome="failure")
+        assert db.list_audit_events(flt) == [events[1]]
+        assert db.count_audit_events(flt) == 1
+        nothing = AuditEventFilter(action="token.revoke", outcome="success")
+        assert db.list_audit_events(nothing) == []
+        assert db.count_audit_events(nothing) == 0
+
+    def test_time_range_start_inclusive_end_exclusive(self, db: DB) -> None:
+        tick = timedelta(microseconds=1)
+        t0, t1, t2 = at(10), at(20), at(30)
+        e0, e1, e2, e3 = self.given_events(
+            db,
+            {"timestamp": t0},
+            {"timestamp": t1},
+            {"timestamp": t2 - tick},
+            {"timestamp": t2},
+        )
+
+        def listed(**bounds: Any) -> list[AuditEvent]:
+            flt = AuditEventFilter(**bounds)
+            found = db.list_audit_events(flt)
+            assert db.count_audit_events(flt) == len(found)
+            return found
+
+        assert listed(start_time=t1) == [e3, e2, e1]
+        assert listed(start_time=t1 + tick) == [e3, e2]
+        assert listed(end_time=t1) == [e0]
+        assert listed(end_time=t1 + tick) == [e1, e0]
+        assert listed(start_time=t1, end_time=t2) == [e2, e1]
+        assert listed(start_time=t2, end_time=t2 + tick) == [e3]
+        assert listed(start_time=t2, end_time=t2) == []
+
+    def test_time_range_with_other_zones(self, db: DB) -> None:
+        from datetime import timezone
+
+        plus_two = timezone(timedelta(hours=2))
+        event = db.create_audit_event(self.new_event(timestamp=at(0)))
+        inside = AuditEventFilter(
+            start_time=at(0).astimezone(plus_two),
+            end_time=(at(0) + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=-7))),
+        )
+        assert db.list_audit_events(inside) == [event]
+        outside = AuditEventFilter(end_time=at(0).astimezone(plus_two))
+        assert db.list_audit_events(outside) == []
+
+    @pytest.mark.parametrize("field", _SEARCHED_FIELDS)
+    def test_search_matches_field_case_insensitively(self, db: DB, field: str) -> None:
+        needle = "NeEdLe-7q"
+        value: Any = {"detail": f"xx{needle}yy"} if field == "metadata" else f"xx{needle}yy"
+        (hit,) = self.given_events(db, {field: value})
+        self.given_events(db, {field: {"detail": "hay"} if field == "metadata" else "hay"})
+        for query in ("needle-7q", "NEEDLE-7Q", needle):
+            flt = AuditEventFilter(search=query)
+            assert db.list_audit_events(flt) == [hit], f"search {query!r} in {field}"
+            assert db.count_audit_events(flt) == 1
+
+    @pytest.mark.parametrize(
+        ("query", "matching", "not_matching"),
+        [
+            ("50%", "quota at 50% used", "HTTP 500 error"),
+            ("%", "100%", "no percent sign"),
+            ("a_b", "key a_b here", "key axb here"),
+            ("_", "snake_case", "nodash"),
+            ("\\d", "C:\\dir", "plain d"),
+            ("'", "it's", "its"),
+        ],
+    )
+    def test_search_matches_wildcards_literally(
+        self, db: DB, query: str, matching: str, not_matching: str
+    ) -> None:
+        (hit,) = self.given_events(db, {"reason": matching, "timestamp": at(1)})
+        self.given_events(db, {"reason": not_matching, "timestamp": at(2)})
+        flt = AuditEventFilter(search=query)
+        assert db.list_audit_events(flt) == [hit]
+        assert db.count_audit_events(flt) == 1
+
+    def test_search_combines_with_filters(self, db: DB) -> None:
+        events = self.given_events(
+            db,
+            {"reason": "rate limited", "outcome": "failure", "timestamp": at(1)},
+            {"reason": "rate limited", "outcome": "success", "timestamp": at(2)},
+            {"reason": "fine", "outcome": "failure", "timestamp": at(3)},
+        )
+        flt = AuditEventFilter(search="LIMITED", outcome="failure")
+        assert db.list_audit_events(flt) == [events[0]]
+        assert db.count_audit_events(flt) == 1
+
+    def test_limit_and_offset_page_newest_first(self, db: DB) -> None:
+        events = self.given_events(db, *({"timestamp": at(s)} for s in range(7)))
+        newest = events[::-1]
+
+        def page(**paging: Any) -> list[AuditEvent]:
+            return db.list_audit_events(AuditEventFilter(**paging))
+
+        assert page(limit=3) == newest[:3]
+        assert page(limit=3, offset=3) == newest[3:6]
+        assert page(limit=3, offset=6) == newest[6:]
+        assert page(limit=3, offset=7) == []
+        assert page(offset=5) == newest[5:]
+        assert page(limit=100) == newest
+        assert page(limit=1, offset=2) == [newest[2]]
+
+    def test_count_ignores_limit_and_offset(self, db: DB) -> None:
+        self.given_events(
+            db, *({"timestamp": at(s), "outcome": "failure"} for s in range(5))
+        )
+        self.given_events(db, {"outcome": "success"})
+        assert db.count_audit_events() == 6
+        assert db.count_audit_events(AuditEventFilter(limit=2, offset=1)) == 6
+        assert db.count_audit_events(AuditEventFilter(outcome="failure", limit=1)) == 5
+        assert db.count_audit_events(AuditEventFilter(outcome="failure", offset=10)) == 5
+        assert len(db.list_audit_events(AuditEventFilter(outcome="failure", limit=2))) == 2

@@ -1,0 +1,158 @@
+"""Tokens: create, read, update (administrative fields only), delete, list."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+import pytest
+
+from .._db import DB
+from .._errors import ProjectNotFoundError, TokenExistsError, TokenNotFoundError
+from .._models import generate_token
+from ._base import ConformanceBase, at, unique
+
+
+class TokenTests(ConformanceBase):
+    def test_create_token_round_trips_every_field(self, db: DB) -> None:
+        project = self.given_project(db)
+        token = self.new_token(
+            project,
+            expires_at=at(86_400.000001, base=self.now()),
+            is_active=False,
+            deactivated_at=at(3.5),
+            request_count=7,
+            max_requests=100,
+            created_at=at(1.000123),
+            last_used_at=at(2.999999),
+            cache_hit_count=4,
+        )
+        assert db.create_token(token) == token
+        assert db.get_token_by_id(token.token) == token
+
+    def test_create_token_with_defaults_round_trips(self, db: DB) -> None:
+        project = self.given_project(db)
+        token = self.new_token(project)
+        assert db.create_token(token) == token
+        stored = db.get_token_by_id(token.token)
+        assert stored == token
+        assert stored.expires_at is None
+        assert stored.max_requests is None
+        assert stored.last_used_at is None
+        assert stored.deactivated_at is None
+        assert (stored.request_count, stored.cache_hit_count) == (0, 0)
+
+    def test_create_token_duplicate_value(self, db: DB) -> None:
+        token = self.given_token(db)
+        other_project = self.given_project(db)
+        with pytest.raises(TokenExistsError):
+            db.create_token(self.new_token(other_project, token=token.token))
+        assert db.get_token_by_id(token.token) == token
+        assert db.list_tokens(other_project.id) == []
+
+    def test_create_token_for_unknown_project(self, db: DB) -> None:
+        token = self.new_token(unique("missing-project"))
+        with pytest.raises(ProjectNotFoundError):
+            db.create_token(token)
+        with pytest.raises(TokenNotFoundError):
+            db.get_token_by_id(token.token)
+
+    def test_get_unknown_token(self, db: DB) -> None:
+        self.given_token(db)
+        with pytest.raises(TokenNotFoundError):
+            db.get_token_by_id(generate_token())
+
+    def test_update_unknown_token(self, db: DB) -> None:
+        project = self.given_project(db)
+        with pytest.raises(TokenNotFoundError):
+            db.update_token(self.new_token(project))
+        assert db.list_tokens() == []
+
+    def test_delete_unknown_token(self, db: DB) -> None:
+        with pytest.raises(TokenNotFoundError):
+            db.delete_token(generate_token())
+
+    def test_delete_token(self, db: DB) -> None:
+        project = self.given_project(db)
+        keep = self.given_token(db, project)
+        gone = self.given_token(db, project)
+        assert db.delete_token(gone.token) is None
+        with pytest.raises(TokenNotFoundError):
+            db.get_token_by_id(gone.token)
+        with pytest.raises(TokenNotFoundError):
+            db.delete_token(gone.token)
+        assert db.list_tokens() == [keep]
+        assert db.get_project_by_id(project.id) == project
+
+    def test_update_token_stores_administrative_fields(self, db: DB) -> None:
+        token = self.given_token(db, max_requests=5)
+        expires = self.now() + timedelta(days=2, microseconds=7)
+        changed = attrs.evolve(
+            token, expires_at=expires, is_active=False, deactivated_at=at(50), max_requests=9
+        )
+        returned = db.update_token(changed)
+        stored = db.get_token_by_id(token.token)
+        assert returned == stored == changed
+
+    def test_update_token_can_clear_optional_fields(self, db: DB) -> None:
+        token = self.given_token(
+            db,
+            expires_at=self.now() + timedelta(hours=1),
+            is_active=False,
+            deactivated_at=at(1),
+            max_requests=3,
+        )
+        cleared = attrs.evolve(
+            token, expires_at=None, is_active=True, deactivated_at=None, max_requests=None
+        )
+        assert db.update_token(cleared) == cleared
+        assert db.get_token_by_id(token.token) == cleared
+
+    def test_update_token_never_overwrites_usage_counters(self, db: DB) -> None:
+        stale = self.given_token(db, max_requests=100)
+        for _ in range(3):
+            db.increment_token_usage(stale.token)
+        db.increment_cache_hit_count(stale.token, 2)
+        fresh = db.get_token_by_id(stale.token)
+        returned = db.update_token(attrs.evolve(stale, max_requests=50))
+        stored = db.get_token_by_id(stale.token)
+        assert returned == stored
+        assert stored.max_requests == 50
+        assert stored.request_count == 3
+        assert stored.cache_hit_count == 2
+        assert stored.last_used_at == fresh.last_used_at
+
+    def test_update_token_ignores_counters_and_identity_fields(self, db: DB) -> None:
+        project = self.given_project(db)
+        other = self.given_project(db)
+        token = self.given_token(db, project, created_at=at(0))
+        db.update_token(
+            attrs.evolve(
+                token,
+                project_id=other.id,
+                created_at=at(500),
+                request_count=999,
+                cache_hit_count=999,
+                last_used_at=at(600),
+            )
+        )
+        stored = db.get_token_by_id(token.token)
+        assert stored == token
+        assert db.list_tokens(other.id) == []
+
+    def test_list_tokens_newest_first(self, db: DB) -> None:
+        project = self.given_project(db)
+        made = [self.given_token(db, project, created_at=at(s)) for s in (20, 10, 30, 0)]
+        expected = sorted(made, key=lambda t: t.created_at, reverse=True)
+        assert db.list_tokens(project.id) == expected
+        assert db.list_tokens() == expected
+
+    def test_list_tokens_filters_by_project(self, db: DB) -> None:
+        first = self.given_project(db)
+        second = self.given_project(db)
+        a = [self.given_token(db, first, created_at=at(s)) for s in (1, 3)]
+        b = [self.given_token(db, second, created_at=at(s)) for s in (2, 4)]
+        assert db.list_tokens(first.id) == [a[1], a[0]]
+        assert db.list_tokens(second.id) == [b[1], b[0]]
+        assert db.list_tokens() == [b[1], a[1], b[0], a[0]]
+        assert db.list_tokens(unique("missing")) == []
