@@ -1,0 +1,33 @@
+"""Entry point of the SQLite backend: cheap to import, opens nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.resources import files
+
+from llm_proxy_db import (
+    STORAGE_API_VERSION,
+    Backend,
+    BackendSpec,
+    Capabilities,
+    FullConfig,
+    hookimpl,
+)
+
+
+def _open(config: FullConfig) -> Backend:
+    from ._backend import SQLiteBackend
+
+    return SQLiteBackend(config)
+
+
+@hookimpl
+def llm_proxy_db_backends() -> Iterator[BackendSpec]:
+    yield BackendSpec(
+        name="sqlite",
+        api_version=STORAGE_API_VERSION,
+        factory=_open,
+        capabilities=Capabilities(persistent=True, multi_process=True, migrations=True),
+        description="SQLite file via the standard library (default; DATABASE_PATH)",
+        migrations=files("llm_proxy_db_sqlite") / "migrations",
+    )

@@ -1,0 +1,107 @@
+"""A small thread-safe pool of sqlite3 connections, bounded by ``max_open_conns``."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from llm_proxy_db import DatabaseError
+
+__all__ = ["Connection", "ConnectionPool"]
+
+
+class Connection(sqlite3.Connection):
+    """A sqlite3 connection that remembers when it was opened."""
+
+    opened_at: float = 0.0
+
+
+class ConnectionPool:
+    """Hands out at most ``max_open`` connections, keeps at most ``max_idle`` idle ones
+    (newest first), and retires connections older than ``max_lifetime`` seconds."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        *,
+        max_open: int,
+        max_idle: int,
+        max_lifetime: float,
+        timeout: float,
+    ) -> None:
+        self._connect = connect
+        self._max_idle = max_idle
+        self._max_lifetime = max_lifetime
+        self._timeout = timeout
+        self._max_open = max_open
+        self._slots = threading.BoundedSemaphore(max_open)
+        self._lock = threading.Lock()
+        self._idle: list[Connection] = []
+        self._closed = False
+
+    def connection(self) -> _Checkout:
+        """A context manager lending one connection."""
+        return _Checkout(self)
+
+    def acquire(self) -> Connection:
+        if self._closed:
+            raise DatabaseError("the database is closed")
+        if not self._slots.acquire(timeout=self._timeout):
+            raise DatabaseError(
+                f"all {self._max_open} SQLite connections stayed busy for {self._timeout:g}s; "
+                "raise max_open_conns (DATABASE_POOL_SIZE) or shorten transactions"
+            )
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            conn = self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        conn.opened_at = time.monotonic()
+        return conn
+
+    def release(self, conn: Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+            keep = time.monotonic() - conn.opened_at < self._max_lifetime
+        except sqlite3.Error:
+            keep = False
+        with self._lock:
+            if keep and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                conn = None  # type: ignore[assignment]
+        if conn is not None:
+            conn.close()
+        self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _Checkout:
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> Connection:
+        self._conn = self._pool.acquire()
+        return self._conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pool.release(self._conn)

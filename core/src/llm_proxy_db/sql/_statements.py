@@ -1,0 +1,214 @@
+"""SQL text and row conversion, written once for every SQL dialect (sync or async).
+
+Statements use ``?`` placeholders and are rewritten per dialect when ``Statements`` is
+built. Columns are selected in the models' field order so rows feed the trusted builders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .._models import (
+    SEARCHED_FIELDS,
+    AuditEvent,
+    AuditEventFilter,
+    Project,
+    Token,
+    metadata_text,
+    trusted_audit_event,
+    trusted_project,
+    trusted_token,
+)
+from ._dialect import Dialect
+
+__all__ = ["RowCodec", "Statements"]
+
+PROJECT_COLUMNS = "name, openai_api_key, id, is_active, deactivated_at, created_at, updated_at"
+TOKEN_COLUMNS = (
+    "project_id, token, expires_at, is_active, deactivated_at, request_count, "
+    "max_requests, created_at, last_used_at, cache_hit_count"
+)
+AUDIT_COLUMNS = (
+    "action, actor, outcome, id, timestamp, project_id, request_id, correlation_id, "
+    "client_ip, method, path, user_agent, reason, token_id, metadata"
+)
+_AUDIT_FILTER_EQUALS = (
+    "action", "actor", "project_id", "outcome", "client_ip",
+    "request_id", "correlation_id", "method", "path",
+)
+_SEARCH_SQL = " OR ".join(f"LOWER({name}) LIKE ? ESCAPE '\\'" for name in SEARCHED_FIELDS)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class RowCodec:
+    """Models to statement parameters and rows back to models, for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.encode_time = dialect.encode_time
+        self._decode_time = dialect.decode_time
+
+    def _time(self, value: Any) -> Any:
+        return None if value is None else self._decode_time(value)
+
+    def project(self, row: Sequence[Any]) -> Project:
+        name, key, id_, active, deactivated, created, updated = row
+        dt = self._decode_time
+        return trusted_project(
+            name, key, id_, bool(active), self._time(deactivated), dt(created), dt(updated)
+        )
+
+    def token(self, row: Sequence[Any]) -> Token:
+        project_id, token, expires, active, deactivated, count, limit, created, used, hits = row
+        return trusted_token(
+            project_id, token, self._time(expires), bool(active), self._time(deactivated),
+            count, limit, self._decode_time(created), self._time(used), hits or 0,
+        )
+
+    def audit_event(self, row: Sequence[Any]) -> AuditEvent:
+        values = list(row)
+        values[4] = self._decode_time(values[4])
+        values[14] = None if values[14] is None else json.loads(values[14])
+        return trusted_audit_event(*values)
+
+    def project_params(self, p: Project) -> tuple[Any, ...]:
+        enc = self.encode_time
+        deactivated = None if p.deactivated_at is None else enc(p.deactivated_at)
+        return (p.name, p.openai_api_key, p.id, p.is_active, deactivated,
+                enc(p.created_at), enc(p.updated_at))
+
+    def token_params(self, t: Token) -> tuple[Any, ...]:
+        enc = self.encode_time
+        return (
+            t.project_id, t.token, None if t.expires_at is None else enc(t.expires_at),
+            t.is_active, None if t.deactivated_at is None else enc(t.deactivated_at),
+            t.request_count, t.max_requests, enc(t.created_at),
+            None if t.last_used_at is None else enc(t.last_used_at), t.cache_hit_count,
+        )
+
+    def audit_params(self, e: AuditEvent) -> tuple[Any, ...]:
+        return (
+            e.action, e.actor, e.outcome, e.id, self.encode_time(e.timestamp), e.project_id,
+            e.request_id, e.correlation_id, e.client_ip, e.method, e.path, e.user_agent,
+            e.reason, e.token_id, metadata_text(e.metadata),
+        )
+
+    def audit_where(self, flt: AuditEventFilter | None) -> tuple[str, list[Any]]:
+        """The WHERE clause (or "") and its parameters for a filter."""
+        if flt is None:
+            return "", []
+        clauses: list[str] = []
+        params: list[Any] = []
+        for name in _AUDIT_FILTER_EQUALS:
+            value = getattr(flt, name)
+            if value is not None:
+                clauses.append(f"{name} = ?")
+                params.append(value)
+        if flt.start_time is not None:
+            clauses.append("timestamp >= ?")
+            params.append(self.encode_time(flt.start_time))
+        if flt.end_time is not None:
+            clauses.append("timestamp < ?")
+            params.append(self.encode_time(flt.end_time))
+        if flt.search is not None:
+            clauses.append(f"({_SEARCH_SQL})")
+            params.extend([_like_pattern(flt.search)] * len(SEARCHED_FIELDS))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _placeholders(columns: str) -> str:
+    return ", ".join("?" for _ in columns.split(","))
+
+
+class Statements:
+    """Every statement the SQL stores run, in one dialect's placeholder style."""
+
+    insert_project: str
+    get_project: str
+    update_project: str
+    delete_project: str
+    list_projects: str
+    project_is_active: str
+    insert_token: str
+    get_token: str
+    update_token: str
+    delete_token: str
+    list_tokens: str
+    list_project_tokens: str
+    increment_usage: str
+    revoke_token: str
+    revoke_project_tokens: str
+    revoke_expired_tokens: str
+    increment_cache_hits: str
+    reset_usage: str
+    insert_audit: str
+    get_audit: str
+    stats: str
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.codec = RowCodec(dialect)
+        for name, text in _STATEMENTS.items():
+            setattr(self, name, dialect.sql(text))
+
+    def sql(self, statement: str) -> str:
+        """An ad-hoc statement (one built from a filter) in this dialect's style."""
+        return self.dialect.sql(statement)
+
+
+_TOKEN_USABLE = (
+    "is_active AND (expires_at IS NULL OR expires_at > ?) "
+    "AND (max_requests IS NULL OR request_count < max_requests) "
+    "AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active)"
+)
+_REVOKE = "UPDATE tokens SET is_active = FALSE, deactivated_at = COALESCE(deactivated_at, ?)"
+
+_STATEMENTS: dict[str, str] = {
+    "insert_project": f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_placeholders(PROJECT_COLUMNS)})",
+    "get_project": f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?",
+    "update_project": (
+        "UPDATE projects SET name = ?, openai_api_key = ?, is_active = ?, deactivated_at = ?, "
+        f"updated_at = ? WHERE id = ? RETURNING {PROJECT_COLUMNS}"
+    ),
+    "delete_project": "DELETE FROM projects WHERE id = ?",
+    "list_projects": f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name",
+    "project_is_active": "SELECT is_active FROM projects WHERE id = ?",
+    "insert_token": f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_placeholders(TOKEN_COLUMNS)})",
+    "get_token": f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?",
+    "update_token": (
+        "UPDATE tokens SET expires_at = ?, is_active = ?, deactivated_at = ?, max_requests = ? "
+        f"WHERE token = ? RETURNING {TOKEN_COLUMNS}"
+    ),
+    "delete_token": "DELETE FROM tokens WHERE token = ?",
+    "list_tokens": f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, token DESC",
+    "list_project_tokens": (
+        f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE project_id = ? "
+        "ORDER BY created_at DESC, token DESC"
+    ),
+    "increment_usage": (
+        "UPDATE tokens SET request_count = request_count + 1, last_used_at = ? "
+        f"WHERE token = ? AND {_TOKEN_USABLE} RETURNING {TOKEN_COLUMNS}"
+    ),
+    "revoke_token": f"{_REVOKE} WHERE token = ?",
+    "revoke_project_tokens": f"{_REVOKE} WHERE project_id = ? AND is_active",
+    "revoke_expired_tokens": (
+        f"{_REVOKE} WHERE is_active AND expires_at IS NOT NULL AND expires_at <= ?"
+    ),
+    "increment_cache_hits": "UPDATE tokens SET cache_hit_count = cache_hit_count + ? WHERE token = ?",
+    "reset_usage": f"UPDATE tokens SET request_count = 0 WHERE token = ? RETURNING {TOKEN_COLUMNS}",
+    "insert_audit": f"INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ({_placeholders(AUDIT_COLUMNS)})",
+    "get_audit": f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id = ?",
+    "stats": (
+        "SELECT (SELECT COUNT(*) FROM projects), "
+        "(SELECT COUNT(*) FROM projects WHERE is_active), "
+        "(SELECT COUNT(*) FROM tokens), "
+        "(SELECT COUNT(*) FROM tokens WHERE is_active AND (expires_at IS NULL OR expires_at > ?)), "
+        "(SELECT COUNT(*) FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?), "
+        "(SELECT COALESCE(SUM(request_count), 0) FROM tokens)"
+    ),
+}
