@@ -110,20 +110,22 @@ class PooledExecutor:
         self._driver_error = driver_error
         self._translate = translate
 
+    # The driver's exception leaves the pool's context manager untranslated, so a pool
+    # that inspects it (psycopg_pool) can discard a broken connection.
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._checkout() as conn:
-            try:
+        try:
+            with self._checkout() as conn:
                 rows: list[Any] = conn.execute(sql, params).fetchall()
-            except self._driver_error as exc:
-                raise self._translate(exc) from None
+        except self._driver_error as exc:
+            raise self._translate(exc) from None
         return rows
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self._checkout() as conn:
-            try:
+        try:
+            with self._checkout() as conn:
                 count: int = conn.execute(sql, params).rowcount
-            except self._driver_error as exc:
-                raise self._translate(exc) from None
+        except self._driver_error as exc:
+            raise self._translate(exc) from None
         return count
 
 

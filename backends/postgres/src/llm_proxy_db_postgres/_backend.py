@@ -1,0 +1,157 @@
+"""The PostgreSQL backend: the shared SQL stores on a psycopg_pool connection pool."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from llm_proxy_db import ConfigError, DatabaseError, FullConfig, MigrationError, TransientError
+from llm_proxy_db.sql import (
+    POSTGRES,
+    DbApiMigrationConnection,
+    IntegrityViolation,
+    PooledExecutor,
+    SqlStores,
+    Statements,
+    sql_transaction,
+)
+from psycopg import conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+__all__ = ["PostgresBackend", "translate_error"]
+
+_STATEMENTS = Statements(POSTGRES)
+POOL_TIMEOUT_S = 10.0
+"""How long a call waits for a free pooled connection before failing."""
+MIGRATION_LOCK_TIMEOUT_S = 120.0
+"""How long ``up``/``down`` wait for another process's migration run to finish."""
+MIGRATION_LOCK_ID = 5887940537704921958
+"""goose's own advisory lock id: this runner and the goose CLI exclude each other."""
+_RETRYABLE = (
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.OperationalError,
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
+
+def translate_error(exc: Exception) -> DatabaseError:
+    """Map a psycopg exception onto the core's error tree.
+
+    Only the primary message is kept: a DETAIL line may quote a key value (a token).
+    """
+    diag = getattr(exc, "diag", None)
+    message = (diag.message_primary if diag is not None else None) or type(exc).__name__
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return IntegrityViolation("unique", message)
+    if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+        return IntegrityViolation("foreign_key", message)
+    if isinstance(exc, psycopg.IntegrityError):
+        return IntegrityViolation("other", message)
+    if isinstance(exc, PoolTimeout):
+        return DatabaseError(
+            f"no PostgreSQL connection was free within {POOL_TIMEOUT_S:g}s; "
+            "raise DATABASE_POOL_SIZE or lower the load"
+        )
+    if isinstance(exc, _RETRYABLE):
+        return TransientError(f"PostgreSQL: {message}; retry")
+    return DatabaseError(f"PostgreSQL: {message}")
+
+
+def _conninfo(config: FullConfig) -> str:
+    url = (config.database_url or "").strip()
+    if not url:
+        raise ConfigError(
+            "the postgres backend needs DATABASE_URL, e.g. postgresql://user@host:5432/dbname"
+        )
+    try:
+        conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL") from None
+    return url
+
+
+class PostgresBackend(SqlStores):
+    """A ``Backend`` on a PostgreSQL database (or one schema of it)."""
+
+    def __init__(self, config: FullConfig) -> None:
+        self._url = _conninfo(config)
+        kwargs: dict[str, Any] = {"autocommit": True}
+        self._pool = ConnectionPool(
+            self._url,
+            kwargs=kwargs,
+            min_size=config.max_idle_conns,
+            max_size=config.max_open_conns,
+            max_lifetime=config.conn_max_lifetime.total_seconds(),
+            timeout=POOL_TIMEOUT_S,
+            open=False,
+            name="llm-proxy-db",
+        )
+        super().__init__(
+            PooledExecutor(self._pool.connection, psycopg.Error, translate_error), _STATEMENTS
+        )
+        try:
+            self._pool.open(wait=False)
+            self.health_check()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def health_check(self) -> None:
+        try:
+            self._ex.query("SELECT 1")
+        except DatabaseError as exc:
+            raise DatabaseError(
+                f"cannot reach PostgreSQL at {redact_url(self._url)}: {exc}"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlStores]:
+        try:
+            with self._pool.connection() as conn, sql_transaction(
+                conn, _STATEMENTS, psycopg.Error, translate_error
+            ) as stores:
+                yield stores
+        except psycopg.Error as exc:  # checkout failed (pool timeout, server gone)
+            raise translate_error(exc) from None
+
+    @contextmanager
+    def migration_connection(self) -> Iterator[DbApiMigrationConnection]:
+        """One dedicated connection holding goose's advisory lock for the whole run."""
+        try:
+            conn = psycopg.connect(self._url, autocommit=True)
+        except psycopg.Error as exc:
+            raise MigrationError(f"cannot connect to run migrations: {translate_error(exc)}") from None
+        try:
+            self._lock(conn)
+            try:
+                yield DbApiMigrationConnection(conn, POSTGRES)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _lock(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"SET statement_timeout = {int(MIGRATION_LOCK_TIMEOUT_S * 1000)}")
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        except psycopg.errors.QueryCanceled:
+            raise MigrationError(
+                f"another process held the migration lock for {MIGRATION_LOCK_TIMEOUT_S:g}s; "
+                "wait for it to finish, then retry"
+            ) from None
+        finally:
+            conn.execute("RESET statement_timeout")
