@@ -22,7 +22,7 @@ __all__ = ["Config", "DriverType", "FullConfig", "config_from_env", "parse_durat
 DEFAULT_PATH = "data/llm-proxy.db"
 
 
-class DriverType(str, enum.Enum):
+class DriverType(enum.StrEnum):
     """The built-in backends' names; ``FullConfig.driver`` accepts any installed name."""
 
     SQLITE = "sqlite"
@@ -77,7 +77,9 @@ def parse_duration(text: str) -> timedelta:
 def _int_at_least(minimum: int, name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{name or attribute.name} must be an integer >= {minimum}, got {value!r}")
+            raise ConfigError(
+                f"{name or attribute.name} must be an integer >= {minimum}, got {value!r}"
+            )
 
     return check
 
@@ -127,7 +129,9 @@ class FullConfig:
 
     driver: str = attrs.field(default=DriverType.SQLITE.value, converter=_driver_name)
     path: str = attrs.field(default=DEFAULT_PATH, validator=_non_empty_str)
-    database_url: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    database_url: str | None = attrs.field(
+        default=None, repr=lambda v: "None" if v is None else "'***'"
+    )
     max_open_conns: int = attrs.field(default=10, validator=_int_at_least(1, ""))
     max_idle_conns: int = attrs.field(
         default=5, validator=[_int_at_least(0, ""), _idle_within_pool]

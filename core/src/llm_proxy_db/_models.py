@@ -12,7 +12,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeVar
 
 import attrs
@@ -43,7 +43,7 @@ TOKEN_PREFIX: Final = "sk-"
 
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def generate_token() -> str:
@@ -72,7 +72,7 @@ def _to_utc(value: object) -> datetime:
         raise ValueError(
             f"naive datetime {value.isoformat()} is not allowed: give it a timezone (e.g. UTC)"
         )
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _to_utc_optional(value: object) -> datetime | None:
@@ -269,12 +269,26 @@ class AuditEventFilter:
 
 
 _EXACT_FILTER_FIELDS: Final = (
-    "action", "actor", "project_id", "outcome", "client_ip",
-    "request_id", "correlation_id", "method", "path",
+    "action",
+    "actor",
+    "project_id",
+    "outcome",
+    "client_ip",
+    "request_id",
+    "correlation_id",
+    "method",
+    "path",
 )
 SEARCHED_FIELDS: Final = (
-    "action", "actor", "request_id", "correlation_id", "client_ip",
-    "method", "path", "reason", "metadata",
+    "action",
+    "actor",
+    "request_id",
+    "correlation_id",
+    "client_ip",
+    "method",
+    "path",
+    "reason",
+    "metadata",
 )
 """The columns ``AuditEventFilter.search`` looks in (metadata as its JSON text)."""
 
@@ -311,7 +325,7 @@ def _trusted_builder(cls: type[_T]) -> Callable[..., _T]:
     Only for values that already satisfy the class's invariants (rows this package wrote,
     decoded by a codec that yields aware UTC datetimes). Arguments follow field order.
     """
-    names = [a.name for a in attrs.fields(cls)]  # type: ignore[misc]
+    names = [a.name for a in attrs.fields(cls)]  # type: ignore[arg-type]
     lines = [f"def build({', '.join(names)}):", "    self = _new(_cls)"]
     lines += [f"    _set(self, {name!r}, {name})" for name in names]
     lines.append("    return self")

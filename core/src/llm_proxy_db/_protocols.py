@@ -147,5 +147,3 @@ class Backend(Stores, Protocol):
     def transaction(self) -> AbstractContextManager[Stores]:
         """A unit of work: commits on normal exit, rolls everything back on an exception."""
         ...
-
-

@@ -151,8 +151,11 @@ class _Registry:
         for name, spec in self._manual.items():
             skipped = _skip_reason(name)
             entries[name] = BackendInfo(
-                name=name, distribution=None, version=None,
-                spec=None if skipped else spec, skipped=skipped,
+                name=name,
+                distribution=None,
+                version=None,
+                spec=None if skipped else spec,
+                skipped=skipped,
             )
         return sorted(entries.values(), key=lambda info: info.name)
 
@@ -174,7 +177,8 @@ class _Registry:
             raise BackendNotFoundError(f"backend {name!r} is {info.skipped}")
         if info.spec is None:
             raise ConfigError(
-                f"backend {name!r} from distribution {info.distribution} failed to load: {info.error}"
+                f"backend {name!r} from distribution {info.distribution} "
+                f"failed to load: {info.error}"
             )
         return info.spec
 
@@ -196,8 +200,12 @@ class _Registry:
             seen.add(key)
             name = ep.name.lower()
             if reason := _skip_reason(name):
-                found.setdefault(name, BackendInfo(
-                    name=name, distribution=dist, version=version, spec=None, skipped=reason))
+                found.setdefault(
+                    name,
+                    BackendInfo(
+                        name=name, distribution=dist, version=version, spec=None, skipped=reason
+                    ),
+                )
                 continue
             for info in _load_plugin(ep, name, dist, version):
                 self._add(found, info)
@@ -212,9 +220,7 @@ class _Registry:
                 f"two distributions provide a backend named {info.name!r}: "
                 f"{other.distribution} and {info.distribution}; uninstall one of them"
             )
-            found[info.name] = attrs.evolve(
-                other, spec=None, error=self._conflicts[info.name]
-            )
+            found[info.name] = attrs.evolve(other, spec=None, error=self._conflicts[info.name])
 
 
 def _load_plugin(
@@ -234,10 +240,15 @@ def _load_plugin(
     infos = []
     for spec in specs:
         skipped = _skip_reason(spec.name)
-        infos.append(BackendInfo(
-            name=spec.name, distribution=dist, version=version,
-            spec=None if skipped else spec, skipped=skipped,
-        ))
+        infos.append(
+            BackendInfo(
+                name=spec.name,
+                distribution=dist,
+                version=version,
+                spec=None if skipped else spec,
+                skipped=skipped,
+            )
+        )
     return infos
 
 

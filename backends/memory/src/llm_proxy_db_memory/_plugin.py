@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from llm_proxy_db import STORAGE_API_VERSION, Backend, BackendSpec, Capabilities, FullConfig, hookimpl
+from llm_proxy_db import (
+    STORAGE_API_VERSION,
+    Backend,
+    BackendSpec,
+    Capabilities,
+    FullConfig,
+    hookimpl,
+)
 
 
 def _open(config: FullConfig) -> Backend:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
+
 from llm_proxy_db import (
     AlreadyExistsError,
     AuditEvent,
@@ -34,7 +35,7 @@ _ALL = AuditEventFilter()
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MemoryBackend:
@@ -234,9 +235,7 @@ class MemoryBackend:
 
     @staticmethod
     def _revoked(token: Token, now: datetime) -> Token:
-        return attrs.evolve(
-            token, is_active=False, deactivated_at=token.deactivated_at or now
-        )
+        return attrs.evolve(token, is_active=False, deactivated_at=token.deactivated_at or now)
 
     def _revoke_where(self, condition: Callable[[Token], bool]) -> int:
         now = utcnow()

@@ -9,6 +9,9 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
 from llm_proxy_db import ConfigError, DatabaseError, FullConfig, MigrationError, TransientError
 from llm_proxy_db.sql import (
     POSTGRES,
@@ -19,8 +22,6 @@ from llm_proxy_db.sql import (
     Statements,
     sql_transaction,
 )
-from psycopg import conninfo
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 __all__ = ["PostgresBackend", "translate_error"]
 
@@ -76,7 +77,9 @@ def _conninfo(config: FullConfig) -> str:
     try:
         conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        raise ConfigError(f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL") from None
+        raise ConfigError(
+            f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL"
+        ) from None
     return url
 
 
@@ -120,9 +123,10 @@ class PostgresBackend(SqlStores):
     @contextmanager
     def transaction(self) -> Iterator[SqlStores]:
         try:
-            with self._pool.connection() as conn, sql_transaction(
-                conn, _STATEMENTS, psycopg.Error, translate_error
-            ) as stores:
+            with (
+                self._pool.connection() as conn,
+                sql_transaction(conn, _STATEMENTS, psycopg.Error, translate_error) as stores,
+            ):
                 yield stores
         except psycopg.Error as exc:  # checkout failed (pool timeout, server gone)
             raise translate_error(exc) from None
@@ -133,7 +137,9 @@ class PostgresBackend(SqlStores):
         try:
             conn = psycopg.connect(self._url, autocommit=True)
         except psycopg.Error as exc:
-            raise MigrationError(f"cannot connect to run migrations: {translate_error(exc)}") from None
+            raise MigrationError(
+                f"cannot connect to run migrations: {translate_error(exc)}"
+            ) from None
         try:
             self._lock(conn)
             try:

@@ -117,9 +117,10 @@ class SQLiteBackend(SqlStores):
 
     @contextmanager
     def transaction(self) -> Iterator[SqlStores]:
-        with self._pool.connection() as conn, sql_transaction(
-            conn, _STATEMENTS, sqlite3.Error, translate_error
-        ) as stores:
+        with (
+            self._pool.connection() as conn,
+            sql_transaction(conn, _STATEMENTS, sqlite3.Error, translate_error) as stores,
+        ):
             yield stores
 
     @contextmanager

@@ -35,8 +35,15 @@ AUDIT_COLUMNS = (
     "client_ip, method, path, user_agent, reason, token_id, metadata"
 )
 _AUDIT_FILTER_EQUALS = (
-    "action", "actor", "project_id", "outcome", "client_ip",
-    "request_id", "correlation_id", "method", "path",
+    "action",
+    "actor",
+    "project_id",
+    "outcome",
+    "client_ip",
+    "request_id",
+    "correlation_id",
+    "method",
+    "path",
 )
 _SEARCH_SQL = " OR ".join(f"LOWER({name}) LIKE ? ESCAPE '\\'" for name in SEARCHED_FIELDS)
 
@@ -66,8 +73,16 @@ class RowCodec:
     def token(self, row: Sequence[Any]) -> Token:
         project_id, token, expires, active, deactivated, count, limit, created, used, hits = row
         return trusted_token(
-            project_id, token, self._time(expires), bool(active), self._time(deactivated),
-            count, limit, self._decode_time(created), self._time(used), hits or 0,
+            project_id,
+            token,
+            self._time(expires),
+            bool(active),
+            self._time(deactivated),
+            count,
+            limit,
+            self._decode_time(created),
+            self._time(used),
+            hits or 0,
         )
 
     def audit_event(self, row: Sequence[Any]) -> AuditEvent:
@@ -79,23 +94,48 @@ class RowCodec:
     def project_params(self, p: Project) -> tuple[Any, ...]:
         enc = self.encode_time
         deactivated = None if p.deactivated_at is None else enc(p.deactivated_at)
-        return (p.name, p.openai_api_key, p.id, p.is_active, deactivated,
-                enc(p.created_at), enc(p.updated_at))
+        return (
+            p.name,
+            p.openai_api_key,
+            p.id,
+            p.is_active,
+            deactivated,
+            enc(p.created_at),
+            enc(p.updated_at),
+        )
 
     def token_params(self, t: Token) -> tuple[Any, ...]:
         enc = self.encode_time
         return (
-            t.project_id, t.token, None if t.expires_at is None else enc(t.expires_at),
-            t.is_active, None if t.deactivated_at is None else enc(t.deactivated_at),
-            t.request_count, t.max_requests, enc(t.created_at),
-            None if t.last_used_at is None else enc(t.last_used_at), t.cache_hit_count,
+            t.project_id,
+            t.token,
+            None if t.expires_at is None else enc(t.expires_at),
+            t.is_active,
+            None if t.deactivated_at is None else enc(t.deactivated_at),
+            t.request_count,
+            t.max_requests,
+            enc(t.created_at),
+            None if t.last_used_at is None else enc(t.last_used_at),
+            t.cache_hit_count,
         )
 
     def audit_params(self, e: AuditEvent) -> tuple[Any, ...]:
         return (
-            e.action, e.actor, e.outcome, e.id, self.encode_time(e.timestamp), e.project_id,
-            e.request_id, e.correlation_id, e.client_ip, e.method, e.path, e.user_agent,
-            e.reason, e.token_id, metadata_text(e.metadata),
+            e.action,
+            e.actor,
+            e.outcome,
+            e.id,
+            self.encode_time(e.timestamp),
+            e.project_id,
+            e.request_id,
+            e.correlation_id,
+            e.client_ip,
+            e.method,
+            e.path,
+            e.user_agent,
+            e.reason,
+            e.token_id,
+            metadata_text(e.metadata),
         )
 
     def audit_where(self, flt: AuditEventFilter | None) -> tuple[str, list[Any]]:
@@ -121,8 +161,9 @@ class RowCodec:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _placeholders(columns: str) -> str:
-    return ", ".join("?" for _ in columns.split(","))
+def _insert(table: str, columns: str) -> str:
+    placeholders = ", ".join("?" for _ in columns.split(","))
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
 
 
 class Statements:
@@ -169,7 +210,7 @@ _TOKEN_USABLE = (
 _REVOKE = "UPDATE tokens SET is_active = FALSE, deactivated_at = COALESCE(deactivated_at, ?)"
 
 _STATEMENTS: dict[str, str] = {
-    "insert_project": f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_placeholders(PROJECT_COLUMNS)})",
+    "insert_project": _insert("projects", PROJECT_COLUMNS),
     "get_project": f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?",
     "update_project": (
         "UPDATE projects SET name = ?, openai_api_key = ?, is_active = ?, deactivated_at = ?, "
@@ -178,7 +219,7 @@ _STATEMENTS: dict[str, str] = {
     "delete_project": "DELETE FROM projects WHERE id = ?",
     "list_projects": f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name",
     "project_is_active": "SELECT is_active FROM projects WHERE id = ?",
-    "insert_token": f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_placeholders(TOKEN_COLUMNS)})",
+    "insert_token": _insert("tokens", TOKEN_COLUMNS),
     "get_token": f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?",
     "update_token": (
         "UPDATE tokens SET expires_at = ?, is_active = ?, deactivated_at = ?, max_requests = ? "
@@ -199,9 +240,11 @@ _STATEMENTS: dict[str, str] = {
     "revoke_expired_tokens": (
         f"{_REVOKE} WHERE is_active AND expires_at IS NOT NULL AND expires_at <= ?"
     ),
-    "increment_cache_hits": "UPDATE tokens SET cache_hit_count = cache_hit_count + ? WHERE token = ?",
+    "increment_cache_hits": (
+        "UPDATE tokens SET cache_hit_count = cache_hit_count + ? WHERE token = ?"
+    ),
     "reset_usage": f"UPDATE tokens SET request_count = 0 WHERE token = ? RETURNING {TOKEN_COLUMNS}",
-    "insert_audit": f"INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ({_placeholders(AUDIT_COLUMNS)})",
+    "insert_audit": _insert("audit_events", AUDIT_COLUMNS),
     "get_audit": f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id = ?",
     "stats": (
         "SELECT (SELECT COUNT(*) FROM projects), "

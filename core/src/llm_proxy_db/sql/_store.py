@@ -8,7 +8,7 @@ error, lives here. An async twin follows the same flow with ``await``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Literal, Protocol
 
 from .._errors import (
@@ -22,7 +22,6 @@ from .._errors import (
     TransientError,
 )
 from .._models import AuditEvent, AuditEventFilter, Project, Stats, Token, mask_token, utcnow
-from ._dialect import Dialect
 from ._statements import AUDIT_COLUMNS, Statements
 
 __all__ = [
@@ -156,14 +155,18 @@ class SqlStores:
     def update_project(self, project: Project) -> Project:
         enc = self._codec.encode_time
         deactivated = None if project.deactivated_at is None else enc(project.deactivated_at)
-        params = (project.name, project.openai_api_key, project.is_active, deactivated,
-                  enc(utcnow()), project.id)
+        params = (
+            project.name,
+            project.openai_api_key,
+            project.is_active,
+            deactivated,
+            enc(utcnow()),
+            project.id,
+        )
         try:
             rows = self._ex.query(self._s.update_project, params)
         except IntegrityViolation:
-            raise ProjectExistsError(
-                f"a project named {project.name!r} already exists"
-            ) from None
+            raise ProjectExistsError(f"a project named {project.name!r} already exists") from None
         if not rows:
             raise _project_not_found(project.id)
         return self._codec.project(rows[0])
@@ -182,9 +185,7 @@ class SqlStores:
         except IntegrityViolation as exc:
             if exc.kind == "foreign_key":
                 raise _project_not_found(token.project_id) from None
-            raise TokenExistsError(
-                f"token {mask_token(token.token)} already exists"
-            ) from None
+            raise TokenExistsError(f"token {mask_token(token.token)} already exists") from None
         return token
 
     def get_token_by_id(self, token: str) -> Token:
@@ -292,8 +293,11 @@ class SqlStores:
         )[0]
         size = self._ex.query(self._s.dialect.size_query)
         return Stats(
-            projects=int(projects), active_projects=int(active_projects), tokens=int(tokens),
-            active_tokens=int(active), expired_tokens=int(expired),
+            projects=int(projects),
+            active_projects=int(active_projects),
+            tokens=int(tokens),
+            active_tokens=int(active),
+            expired_tokens=int(expired),
             total_requests=int(requests),
             size_bytes=int(size[0][0]) if size and size[0][0] is not None else None,
         )
@@ -313,10 +317,8 @@ def sql_transaction(
     try:
         yield SqlStores(executor, statements)
     except BaseException:
-        try:
+        with suppress(Exception):  # the block's own error is the one to report
             conn.execute("ROLLBACK")
-        except Exception:  # noqa: S110 - the block's own error is the one to report
-            pass
         raise
     executor.execute("COMMIT")
 

@@ -9,17 +9,20 @@ UTC). PostgreSQL ``TIMESTAMP`` columns hold naive UTC.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["decode_naive_utc", "decode_text_timestamp", "encode_naive_utc", "encode_text_timestamp"]
 
-_UTC = timezone.utc
+_UTC = UTC
 
 
 def encode_text_timestamp(value: datetime) -> str:
     """``value`` (aware) as UTC text in the Go driver's layout."""
     value = value.astimezone(_UTC)
-    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    text = (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    )
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")
     return text + "+00:00"
