@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import pytest
@@ -39,9 +39,7 @@ def requires(*capabilities: str) -> Callable[[_F], _F]:
     """
     unknown = [name for name in capabilities if name not in KNOWN_CAPABILITIES]
     if unknown or not capabilities:
-        raise ValueError(
-            f"unknown capability {unknown!r}; known: {', '.join(KNOWN_CAPABILITIES)}"
-        )
+        raise ValueError(f"unknown capability {unknown!r}; known: {', '.join(KNOWN_CAPABILITIES)}")
 
     def decorate(test: _F) -> _F:
         setattr(test, _REQUIRES_ATTR, tuple(capabilities))
@@ -68,7 +66,7 @@ def secret_key() -> str:
 
 def at(seconds: float, *, base: datetime | None = None) -> datetime:
     """A fixed, aware UTC instant ``seconds`` after ``base`` (default 2024-05-01 12:00 UTC)."""
-    start = base or datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    start = base or datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
     return start + timedelta(seconds=seconds)
 
 

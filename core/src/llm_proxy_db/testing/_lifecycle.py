@@ -18,7 +18,6 @@ from .._errors import (
 from .._models import AuditEventFilter, Stats, generate_token
 from ._base import BackendFactory, ConformanceBase, unique
 
-
 _STORE_METHODS = (
     "create_project",
     "get_project_by_id",
@@ -67,7 +66,7 @@ class LifecycleTests(ConformanceBase):
     # -- health and close ---------------------------------------------------------------
 
     def test_health_check_when_open(self, db: DB) -> None:
-        assert db.health_check() is None
+        db.health_check()  # raises DatabaseError when unhealthy
 
     def test_close_is_idempotent(self, db: DB) -> None:
         db.close()
@@ -125,16 +124,15 @@ class LifecycleTests(ConformanceBase):
         new_token = self.new_token(project)
         event = self.new_event()
         boom = _Boom("roll back")
-        with pytest.raises(_Boom) as raised:
-            with db.transaction() as tx:
-                tx.create_project(new_project)
-                tx.create_token(new_token)
-                tx.create_audit_event(event)
-                tx.increment_token_usage(token.token)
-                tx.increment_cache_hit_count(token.token, 3)
-                tx.update_project(attrs.evolve(project, name=unique("renamed"), is_active=False))
-                tx.revoke_token(token.token)
-                raise boom
+        with pytest.raises(_Boom) as raised, db.transaction() as tx:
+            tx.create_project(new_project)
+            tx.create_token(new_token)
+            tx.create_audit_event(event)
+            tx.increment_token_usage(token.token)
+            tx.increment_cache_hit_count(token.token, 3)
+            tx.update_project(attrs.evolve(project, name=unique("renamed"), is_active=False))
+            tx.revoke_token(token.token)
+            raise boom
         assert raised.value is boom
         with pytest.raises(ProjectNotFoundError):
             db.get_project_by_id(new_project.id)
@@ -148,29 +146,26 @@ class LifecycleTests(ConformanceBase):
     def test_transaction_rolls_back_deletes(self, db: DB) -> None:
         project = self.given_project(db)
         token = self.given_token(db, project)
-        with pytest.raises(_Boom):
-            with db.transaction() as tx:
-                tx.delete_project(project.id)
-                raise _Boom
+        with pytest.raises(_Boom), db.transaction() as tx:
+            tx.delete_project(project.id)
+            raise _Boom
         assert db.get_project_by_id(project.id) == project
         assert db.get_token_by_id(token.token) == token
 
     def test_transaction_rolls_back_after_store_error(self, db: DB) -> None:
         taken = self.given_project(db)
         fresh = self.new_project()
-        with pytest.raises(ProjectExistsError):
-            with db.transaction() as tx:
-                tx.create_project(fresh)
-                tx.create_project(self.new_project(name=taken.name))
+        with pytest.raises(ProjectExistsError), db.transaction() as tx:
+            tx.create_project(fresh)
+            tx.create_project(self.new_project(name=taken.name))
         with pytest.raises(ProjectNotFoundError):
             db.get_project_by_id(fresh.id)
         assert db.list_projects() == [taken]
 
     def test_database_usable_after_rollback(self, db: DB) -> None:
-        with pytest.raises(_Boom):
-            with db.transaction() as tx:
-                tx.create_project(self.new_project())
-                raise _Boom
+        with pytest.raises(_Boom), db.transaction() as tx:
+            tx.create_project(self.new_project())
+            raise _Boom
         project = self.given_project(db)
         with db.transaction() as tx:
             tx.create_token(self.new_token(project))

@@ -1,0 +1,281 @@
+"""Validation, UTC round trips in a non-UTC local zone, and secrets kept out of errors."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import pytest
+
+from .._db import DB
+from .._errors import (
+    AlreadyExistsError,
+    DatabaseError,
+    NotFoundError,
+    ProjectInactiveError,
+    TokenExpiredError,
+    TokenInactiveError,
+    TokenLimitReachedError,
+)
+from .._models import AuditEvent, AuditEventFilter, Project, Token, generate_token, mask_token
+from ._base import ConformanceBase, assert_utc, at, secret_key, unique
+
+_KOLKATA = timezone(timedelta(hours=5, minutes=30))
+_MINUS_THREE = timezone(timedelta(hours=-3))
+
+_INVALID_MODELS: dict[str, Callable[[], object]] = {
+    "project empty name": lambda: Project(name="", openai_api_key="k"),
+    "project blank name": lambda: Project(name="   ", openai_api_key="k"),
+    "project empty api key": lambda: Project(name="n", openai_api_key=""),
+    "project empty id": lambda: Project(name="n", openai_api_key="k", id=""),
+    "project naive created_at": lambda: Project(
+        name="n", openai_api_key="k", created_at=datetime(2024, 1, 1)
+    ),
+    "project naive deactivated_at": lambda: Project(
+        name="n", openai_api_key="k", deactivated_at=datetime(2024, 1, 1)
+    ),
+    "token empty project_id": lambda: Token(project_id=""),
+    "token empty token": lambda: Token(project_id="p", token=""),
+    "token negative request_count": lambda: Token(project_id="p", request_count=-1),
+    "token max_requests 0": lambda: Token(project_id="p", max_requests=0),
+    "token max_requests negative": lambda: Token(project_id="p", max_requests=-5),
+    "token negative cache_hit_count": lambda: Token(project_id="p", cache_hit_count=-1),
+    "token naive expires_at": lambda: Token(project_id="p", expires_at=datetime(2030, 1, 1)),
+    "event empty action": lambda: AuditEvent(action="", actor="a", outcome="success"),
+    "event empty actor": lambda: AuditEvent(action="a", actor="", outcome="success"),
+    "event bad outcome": lambda: AuditEvent(action="a", actor="b", outcome="maybe"),  # type: ignore[arg-type]
+    "event naive timestamp": lambda: AuditEvent(
+        action="a", actor="b", outcome="success", timestamp=datetime(2024, 1, 1)
+    ),
+    "filter bad outcome": lambda: AuditEventFilter(outcome="ok"),  # type: ignore[arg-type]
+    "filter naive start": lambda: AuditEventFilter(start_time=datetime(2024, 1, 1)),
+    "filter limit 0": lambda: AuditEventFilter(limit=0),
+    "filter negative offset": lambda: AuditEventFilter(offset=-1),
+}
+
+
+@contextmanager
+def local_zone(name: str) -> Iterator[None]:
+    """Run the block with the process's local time zone set to ``name``."""
+    if not hasattr(time, "tzset"):  # pragma: no cover - Windows
+        pytest.skip("time.tzset() is not available on this platform")
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def _error_text(exc: BaseException) -> str:
+    """str() and repr() of the exception and of every exception chained to it."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts += [str(current), repr(current), *map(repr, current.args)]
+        # What a traceback shows: the cause, or the context unless suppressed (``from None``).
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    return "\n".join(parts)
+
+
+class SafetyTests(ConformanceBase):
+    # -- validation ---------------------------------------------------------------------
+
+    @pytest.mark.parametrize("case", sorted(_INVALID_MODELS))
+    def test_models_reject_invalid_values(self, case: str) -> None:
+        with pytest.raises(ValueError):
+            _INVALID_MODELS[case]()
+
+    def test_models_normalise_datetimes_to_utc(self) -> None:
+        local = datetime(2024, 6, 1, 17, 30, 0, 654321, tzinfo=_KOLKATA)
+        for value in (
+            Project(name="n", openai_api_key="k", created_at=local).created_at,
+            Token(project_id="p", expires_at=local).expires_at,
+            AuditEvent(action="a", actor="b", outcome="failure", timestamp=local).timestamp,
+            AuditEventFilter(end_time=local).end_time,
+        ):
+            assert value == local
+            assert_utc(value)
+            assert value is not None and value.microsecond == 654321
+
+    # -- time zones ---------------------------------------------------------------------
+
+    def test_utc_round_trip_in_non_utc_local_zone(self, db: DB) -> None:
+        with local_zone("America/New_York"):
+            created = datetime(2024, 3, 10, 2, 30, 0, 123456, tzinfo=_KOLKATA)
+            project = self.given_project(
+                db,
+                created_at=created,
+                updated_at=created,
+                is_active=False,
+                deactivated_at=datetime(2024, 11, 3, 1, 30, 0, 1, tzinfo=_MINUS_THREE),
+            )
+            stored = db.get_project_by_id(project.id)
+            assert stored == project
+            for value in (stored.created_at, stored.updated_at, stored.deactivated_at):
+                assert_utc(value)
+            assert stored.created_at.microsecond == 123456
+
+            expires = (self.now() + timedelta(days=3, microseconds=17)).astimezone(_KOLKATA)
+            token = self.given_token(
+                db, self.given_project(db), expires_at=expires, created_at=created
+            )
+            stored_token = db.get_token_by_id(token.token)
+            assert stored_token == token
+            assert_utc(stored_token.expires_at)
+            assert_utc(stored_token.created_at)
+
+            before = self.now()
+            used = db.increment_token_usage(token.token)
+            updated = db.update_project(attrs.evolve(stored, name=stored.name + "-x"))
+            after = self.now()
+            self.assert_within(before, used.last_used_at, after)
+            self.assert_within(before, updated.updated_at, after)
+            self.assert_within(before, db.get_token_by_id(token.token).last_used_at, after)
+
+    def test_expiry_in_non_utc_local_zone(self, db: DB) -> None:
+        with local_zone("Asia/Tokyo"):
+            project = self.given_project(db)
+            expired = self.given_token(
+                db,
+                project,
+                expires_at=(self.now() - timedelta(milliseconds=1)).astimezone(_KOLKATA),
+            )
+            alive = self.given_token(
+                db, project, expires_at=(self.now() + timedelta(hours=1)).astimezone(_MINUS_THREE)
+            )
+            with pytest.raises(TokenExpiredError):
+                db.increment_token_usage(expired.token)
+            assert db.increment_token_usage(alive.token).request_count == 1
+            assert db.revoke_expired_tokens() == 1
+            assert db.stats().expired_tokens == 1
+
+    def test_audit_order_across_daylight_saving_change(self, db: DB) -> None:
+        # 05:30 UTC is 01:30 EDT and 06:00 UTC is 01:00 EST on 2024-11-03 in New York: a
+        # backend that stored local wall-clock times would order these two the wrong way.
+        with local_zone("America/New_York"):
+            first = datetime(2024, 11, 3, 5, 30, tzinfo=UTC)
+            second = datetime(2024, 11, 3, 6, 0, tzinfo=UTC)
+            a = db.create_audit_event(self.new_event(id="id-a", timestamp=first))
+            b = db.create_audit_event(self.new_event(id="id-b", timestamp=second))
+            assert db.list_audit_events() == [b, a]
+            flt = AuditEventFilter(start_time=second.astimezone(_KOLKATA))
+            assert db.list_audit_events(flt) == [b]
+            assert db.count_audit_events(AuditEventFilter(end_time=second)) == 1
+            for event in db.list_audit_events():
+                assert_utc(event.timestamp)
+
+    # -- secrets ------------------------------------------------------------------------
+
+    def test_errors_never_contain_secrets(self, db: DB) -> None:
+        api_key = secret_key()
+        project = self.given_project(db, openai_api_key=api_key)
+        limited = self.given_token(db, project, max_requests=1)
+        db.increment_token_usage(limited.token)
+        inactive = self.given_token(db, project, is_active=False, deactivated_at=at(1))
+        expired = self.given_token(db, project, expires_at=self.now() - timedelta(seconds=1))
+        idle_project = self.given_project(db, openai_api_key=secret_key())
+        idle_token = self.given_token(db, idle_project)
+        db.update_project(attrs.evolve(idle_project, is_active=False))
+        unknown = generate_token()
+        orphan = generate_token()
+        secrets_ = [
+            api_key,
+            idle_project.openai_api_key,
+            limited.token,
+            inactive.token,
+            expired.token,
+            idle_token.token,
+            unknown,
+            orphan,
+        ]
+        provocations: dict[str, tuple[type[DatabaseError], Callable[[], Any]]] = {
+            "duplicate project id": (
+                AlreadyExistsError,
+                lambda: db.create_project(self.new_project(id=project.id, openai_api_key=api_key)),
+            ),
+            "duplicate project name": (
+                AlreadyExistsError,
+                lambda: db.create_project(
+                    self.new_project(name=project.name, openai_api_key=api_key)
+                ),
+            ),
+            "update unknown project": (
+                NotFoundError,
+                lambda: db.update_project(self.new_project(openai_api_key=api_key)),
+            ),
+            "duplicate token": (
+                AlreadyExistsError,
+                lambda: db.create_token(self.new_token(project, token=limited.token)),
+            ),
+            "token for unknown project": (
+                NotFoundError,
+                lambda: db.create_token(self.new_token(unique("missing"), token=orphan)),
+            ),
+            "get unknown token": (NotFoundError, lambda: db.get_token_by_id(unknown)),
+            "update unknown token": (
+                NotFoundError,
+                lambda: db.update_token(self.new_token(project, token=unknown)),
+            ),
+            "delete unknown token": (NotFoundError, lambda: db.delete_token(unknown)),
+            "revoke unknown token": (NotFoundError, lambda: db.revoke_token(unknown)),
+            "reset unknown token": (NotFoundError, lambda: db.reset_token_usage(unknown)),
+            "cache hit unknown token": (
+                NotFoundError,
+                lambda: db.increment_cache_hit_count(unknown),
+            ),
+            "increment unknown token": (NotFoundError, lambda: db.increment_token_usage(unknown)),
+            "limit reached": (
+                TokenLimitReachedError,
+                lambda: db.increment_token_usage(limited.token),
+            ),
+            "inactive token": (
+                TokenInactiveError,
+                lambda: db.increment_token_usage(inactive.token),
+            ),
+            "expired token": (TokenExpiredError, lambda: db.increment_token_usage(expired.token)),
+            "inactive project": (
+                ProjectInactiveError,
+                lambda: db.increment_token_usage(idle_token.token),
+            ),
+        }
+        leaks: list[str] = []
+        for what, (expected, call) in provocations.items():
+            with pytest.raises(expected) as raised:
+                call()
+            text = _error_text(raised.value)
+            leaks += [f"{what}: {mask_token(s)}" for s in secrets_ if s in text]
+        assert not leaks, f"error messages contain secrets: {leaks}"
+
+    def test_reprs_never_contain_secrets(self, db: DB) -> None:
+        project = self.given_project(db)
+        token = self.given_token(db, project)
+        for shown in (
+            db.get_project_by_id(project.id),
+            db.list_projects()[0],
+            db.get_token_by_id(token.token),
+            db.list_tokens()[0],
+            db.increment_token_usage(token.token),
+            db.stats(),
+            db,
+        ):
+            text = repr(shown) + str(shown)
+            assert project.openai_api_key not in text
+            assert token.token not in text

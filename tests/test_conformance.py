@@ -1,0 +1,152 @@
+"""Run the shared conformance suite against the backend named by ``DB_DRIVER``.
+
+``DB_DRIVER`` defaults to ``memory``. To test another backend, add a config builder to
+``CONFIG_BUILDERS``: it gets a fresh folder and the fixture request (for finalizers) and
+returns the ``FullConfig`` of a new, empty, isolated database; reopening a database opens
+the same config again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llm_proxy_db import DB, FullConfig, new_from_full_config
+from llm_proxy_db.testing import BackendFactory, StoreConformance
+from tests.fixtures.postgres import PostgresServer
+
+pytest_plugins = ["pytester"]
+
+ConfigBuilder = Callable[[Path, pytest.FixtureRequest], FullConfig]
+
+
+def _memory_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConfig:
+    return FullConfig(driver="memory")
+
+
+def _sqlite_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConfig:
+    return FullConfig(driver="sqlite", path=str(tmp_path / "db.sqlite"))
+
+
+def _postgres_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConfig:
+    # A fresh schema of the session's scratch database (tests/fixtures/postgres.py); the
+    # database, with every schema, is dropped at the end of the session.
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return FullConfig(
+        driver="postgres", database_url=server.new_schema_url(), max_idle_conns=1
+    )
+
+
+CONFIG_BUILDERS: dict[str, ConfigBuilder] = {
+    "memory": _memory_config,
+    "sqlite": _sqlite_config,
+    "postgres": _postgres_config,
+}
+
+DRIVER = os.environ.get("DB_DRIVER", "").strip().lower() or "memory"
+
+
+class TestConformance(StoreConformance):
+    @pytest.fixture
+    def backend_factory(self, tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
+        if DRIVER not in CONFIG_BUILDERS:
+            pytest.fail(f"no config builder for DB_DRIVER={DRIVER!r} in {__file__}")
+        build = CONFIG_BUILDERS[DRIVER]
+        made = 0
+
+        def factory(*, reopen: DB | None = None) -> DB:
+            nonlocal made
+            if reopen is not None:
+                return new_from_full_config(reopen.config)
+            made += 1
+            folder = tmp_path / f"db{made}"
+            folder.mkdir()
+            return new_from_full_config(build(folder, request))
+
+        return factory
+
+
+# -- the suite's own machinery: strict expected failures, capability skips, the override --
+
+_FAKE_BACKEND = """
+import types
+import pytest
+from llm_proxy_db.testing import StoreConformance
+
+class TestFake(StoreConformance):
+    expected_failures = {"test_models_normalise_datetimes_to_utc": "claimed broken"}
+
+    @pytest.fixture
+    def backend_factory(self):
+        spec = types.SimpleNamespace(name="fake")
+        return lambda *, reopen=None: types.SimpleNamespace(
+            capabilities=frozenset(), backend_spec=spec, close=lambda: None
+        )
+"""
+
+
+def test_expected_failure_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
+    from llm_proxy_db.testing._safety import _INVALID_MODELS
+
+    pytester.makepyfile(test_fake=_FAKE_BACKEND)
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:hypothesispytest",
+        "-p",
+        "no:benchmark",
+        "-rs",
+        "-k",
+        "normalise_datetimes or reject_invalid or survives",
+    )
+    # The claimed-broken test passes: a strict xfail turns that into a failure. The
+    # capability tests skip with a reason naming the backend and the capability.
+    result.assert_outcomes(failed=1, passed=len(_INVALID_MODELS), skipped=2)
+    result.stdout.fnmatch_lines(["*XPASS(strict)*claimed broken*"])
+    result.stdout.fnmatch_lines(["*backend 'fake' lacks the capability 'persistent'*"])
+
+
+def test_expected_failure_that_fails_is_xfailed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_fake=_FAKE_BACKEND.replace(
+            "test_models_normalise_datetimes_to_utc", "test_data_survives_reopen"
+        ).replace("frozenset()", "frozenset({'persistent'})")
+    )
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:hypothesispytest",
+        "-p",
+        "no:benchmark",
+        "-k",
+        "data_survives_reopen",
+    )
+    result.assert_outcomes(xfailed=1)
+
+
+def test_base_class_collects_nothing_and_demands_override(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain="from llm_proxy_db.testing import StoreConformance\n",
+        test_lazy=(
+            "from llm_proxy_db.testing import StoreConformance\n"
+            "class TestLazy(StoreConformance):\n"
+            "    pass\n"
+        ),
+    )
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:hypothesispytest",
+        "-p",
+        "no:benchmark",
+        "-k",
+        "health_check",
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*must override the `backend_factory` fixture*"])
