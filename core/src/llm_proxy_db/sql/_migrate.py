@@ -1,0 +1,370 @@
+"""The goose-compatible migration runner, shared by every SQL backend.
+
+The runner reads and writes goose's own version table, ``goose_db_version``, so the goose
+CLI (and the Go llm-proxy) and this runner read each other's databases:
+
+* the table is created with goose's layout for the dialect (``Dialect.version_table_ddl``)
+  together with goose's initial row ``(version_id 0, is_applied true)``;
+* a version is applied when its newest row says ``is_applied``; applying inserts a row,
+  rolling back deletes the version's rows (as goose v3 does);
+* each file runs in its own transaction (unless it says ``-- +goose NO TRANSACTION``),
+  and that transaction first re-reads the applied versions, so two processes running
+  ``up`` at once never apply one version twice (SQLite: ``BEGIN IMMEDIATE`` serialises
+  them; PostgreSQL: the target holds an advisory lock for the whole run).
+
+A backend supplies a :class:`MigrationTarget`; :class:`DbApiMigrationConnection` adapts
+any DB-API connection in autocommit mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import datetime
+from importlib.resources.abc import Traversable
+from typing import Any, Protocol
+
+import attrs
+
+from .._errors import MigrationError
+from .._models import utcnow
+from ._dialect import Dialect
+from ._goose import Migration, load_migrations
+
+__all__ = [
+    "DbApiMigrationConnection",
+    "MigrationConnection",
+    "MigrationStatus",
+    "MigrationTarget",
+    "Migrations",
+]
+
+_VERSION_TABLE = "goose_db_version"
+
+
+class MigrationConnection(Protocol):
+    """One connection, used by one migration run and by nothing else meanwhile."""
+
+    @property
+    def dialect(self) -> Dialect:
+        """The database's dialect (placeholders, timestamps, ``begin_write``, goose table)."""
+        ...
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; the rows it returns (``[]`` when it returns none).
+
+        With ``params`` the statement's ``?`` placeholders are bound to them; without, the
+        statement runs verbatim (migration files may contain ``?`` or ``%`` literally).
+        Autocommit, unless inside :meth:`transaction`.
+        """
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """``dialect.begin_write`` ... ``COMMIT``; ``ROLLBACK`` when the block raises."""
+        ...
+
+
+class MigrationTarget(Protocol):
+    """What a backend hands the runner."""
+
+    def migration_connection(self) -> AbstractContextManager[MigrationConnection]:
+        """A connection exclusive to one run.
+
+        PostgreSQL holds ``pg_advisory_lock`` on this one dedicated connection for the
+        whole run (taken and released on it); SQLite simply hands out one connection.
+        """
+        ...
+
+
+class DbApiMigrationConnection:
+    """:class:`MigrationConnection` over a DB-API connection already in autocommit mode.
+
+    sqlite3 with ``isolation_level=None``; psycopg with ``autocommit=True``. Statements
+    with parameters go through ``dialect.sql()`` for the driver's placeholder style.
+    """
+
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
+        self._connection = connection
+        self._dialect = dialect
+        self._in_transaction = False
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self._connection.cursor()
+        try:
+            if params:
+                cursor.execute(self._dialect.sql(statement), tuple(params))
+            else:
+                cursor.execute(statement)
+            if cursor.description is None:
+                return []
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        if self._in_transaction:
+            raise MigrationError("nested migration transactions are not supported")
+        self.execute(self._dialect.begin_write)
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            # The original error matters; a failed ROLLBACK (connection gone, or SQLite
+            # already rolled back) leaves nothing committed either.
+            with suppress(Exception):
+                self.execute("ROLLBACK")
+            raise
+        else:
+            self.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._transaction()
+
+
+@attrs.frozen(kw_only=True)
+class MigrationStatus:
+    """One version: shipped and/or applied, and when it was applied."""
+
+    version: int
+    name: str
+    """The file's name part; empty for an applied version that no shipped file has."""
+    applied: bool
+    applied_at: datetime | None
+    """When it was applied (aware UTC), ``None`` when pending or unknown."""
+
+
+def _backend(dialect: Dialect) -> str:
+    return f"llm-proxy-db-{dialect.name}"
+
+
+def _describe(statement: str) -> str:
+    first = next((line.strip() for line in statement.splitlines() if line.strip()), "")
+    return first if len(first) <= 80 else first[:77] + "..."
+
+
+class Migrations:
+    """Apply, roll back and report the goose migrations in ``source`` on ``target``."""
+
+    def __init__(self, source: Traversable, target: MigrationTarget) -> None:
+        self._migrations = load_migrations(source)
+        self._by_version = {migration.version: migration for migration in self._migrations}
+        self._target = target
+
+    @property
+    def migrations(self) -> list[Migration]:
+        """The shipped migrations, oldest first."""
+        return list(self._migrations)
+
+    @property
+    def latest(self) -> int:
+        """The newest shipped version (0 when none ship)."""
+        return self._migrations[-1].version if self._migrations else 0
+
+    # -- public operations -------------------------------------------------------------
+
+    def up(self, target: int | None = None) -> list[int]:
+        """Apply every pending version up to ``target`` (default: all); those it applied.
+
+        Refuses (``MigrationError``) a database newer than this package. A version that
+        another process applied meanwhile is skipped.
+        """
+        if target is not None and (target < 0 or target > self.latest):
+            raise MigrationError(
+                f"cannot migrate up to version {target}: the migrations shipped go from 1 "
+                f"to {self.latest}"
+            )
+        limit = self.latest if target is None else target
+        applied_now: list[int] = []
+        with self._target.migration_connection() as conn:
+            self._ensure_version_table(conn)
+            self._check_schema(conn)
+            applied = self._applied(conn)
+            for migration in self._migrations:
+                if migration.version > limit:
+                    break
+                if migration.version in applied:
+                    continue
+                if self._run(conn, migration, up=True):
+                    applied_now.append(migration.version)
+        return applied_now
+
+    def down(self) -> int | None:
+        """Roll back the newest applied version; that version, or ``None`` if none is."""
+        with self._target.migration_connection() as conn:
+            self._ensure_version_table(conn)
+            self._check_schema(conn)
+            while True:
+                newest = max(self._applied(conn), default=0)
+                if newest == 0:
+                    return None
+                migration = self._by_version.get(newest)
+                if migration is None:  # pragma: no cover - _check_schema covers the newest
+                    raise MigrationError(f"no migration file for applied version {newest}")
+                if self._run(conn, migration, up=False):
+                    return newest
+
+    def status(self) -> list[MigrationStatus]:
+        """Every shipped version, and every applied one no file knows, by version."""
+        with self._target.migration_connection() as conn:
+            applied = self._applied(conn) if self._has_version_table(conn) else {}
+        versions = sorted(set(self._by_version) | (set(applied) - {0}))
+        result = []
+        for version in versions:
+            migration = self._by_version.get(version)
+            result.append(
+                MigrationStatus(
+                    version=version,
+                    name=migration.name if migration else "",
+                    applied=version in applied,
+                    applied_at=applied.get(version),
+                )
+            )
+        return result
+
+    def version(self) -> int:
+        """The newest applied version; 0 when none is (or there is no version table)."""
+        with self._target.migration_connection() as conn:
+            return self._version(conn)
+
+    def check_schema(self) -> None:
+        """``MigrationError`` when the database's version is newer than any shipped file."""
+        with self._target.migration_connection() as conn:
+            self._check_schema(conn)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _version(self, conn: MigrationConnection) -> int:
+        if not self._has_version_table(conn):
+            return 0
+        return max(self._applied(conn), default=0)
+
+    def _check_schema(self, conn: MigrationConnection) -> None:
+        current = self._version(conn)
+        if current > self.latest:
+            raise MigrationError(
+                f"database schema version {current} is newer than the newest migration this "
+                f"package ships ({self.latest}): upgrade {_backend(conn.dialect)}"
+            )
+
+    def _has_version_table(self, conn: MigrationConnection) -> bool:
+        """Whether goose's table exists (call outside a transaction: a failed probe would
+        abort a PostgreSQL transaction)."""
+        try:
+            conn.execute(f"SELECT 1 FROM {_VERSION_TABLE} WHERE 1 = 0")
+        except Exception as probe_error:
+            try:
+                conn.execute("SELECT 1")
+            except Exception as exc:  # the connection itself is broken, not the table missing
+                raise MigrationError(f"cannot read {_VERSION_TABLE}: {exc}") from probe_error
+            return False
+        return True
+
+    def _applied(self, conn: MigrationConnection) -> dict[int, datetime | None]:
+        """Applied versions (including goose's 0) -> when; the newest row per version wins."""
+        try:
+            rows = conn.execute(
+                f"SELECT version_id, is_applied, tstamp FROM {_VERSION_TABLE} ORDER BY id DESC"
+            )
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise MigrationError(f"cannot read {_VERSION_TABLE}: {exc}") from exc
+        seen: set[int] = set()
+        applied: dict[int, datetime | None] = {}
+        for version_id, is_applied, tstamp in rows:
+            version = int(version_id)
+            if version in seen:
+                continue
+            seen.add(version)
+            if is_applied:
+                applied[version] = self._decode_time(conn.dialect, tstamp)
+        return applied
+
+    @staticmethod
+    def _decode_time(dialect: Dialect, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return dialect.decode_time(value)
+        except (TypeError, ValueError):
+            return None  # written by some other tool in a form we do not read
+
+    def _ensure_version_table(self, conn: MigrationConnection) -> None:
+        """goose's table and its initial version-0 row, created once (race-safe)."""
+        try:
+            if not self._has_version_table(conn):
+                conn.execute(conn.dialect.version_table_ddl)
+            with conn.transaction():
+                if not conn.execute(f"SELECT 1 FROM {_VERSION_TABLE} LIMIT 1"):
+                    self._insert_version(conn, 0)
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise MigrationError(f"cannot create {_VERSION_TABLE}: {exc}") from exc
+
+    def _insert_version(self, conn: MigrationConnection, version: int) -> None:
+        conn.execute(
+            f"INSERT INTO {_VERSION_TABLE} (version_id, is_applied, tstamp) VALUES (?, ?, ?)",
+            (version, True, conn.dialect.encode_time(utcnow())),
+        )
+
+    def _run(self, conn: MigrationConnection, migration: Migration, *, up: bool) -> bool:
+        """Apply (``up``) or roll back one file; ``False`` when another process already did.
+
+        Inside the file's transaction the applied versions are read again: up skips a
+        version that is now applied; down skips unless the version is still the newest.
+        """
+        statements = migration.up if up else migration.down
+        direction = "up" if up else "down"
+        where = f"migration {migration.source} (version {migration.version}, {direction})"
+        index = 0
+
+        def still_needed() -> bool:
+            applied = self._applied(conn)
+            if up:
+                return migration.version not in applied
+            return max(applied, default=0) == migration.version
+
+        def body() -> bool:
+            nonlocal index
+            if not still_needed():
+                return False
+            for number, statement in enumerate(statements, start=1):
+                index = number
+                conn.execute(statement)
+            index = 0
+            if up:
+                self._insert_version(conn, migration.version)
+            else:
+                conn.execute(
+                    f"DELETE FROM {_VERSION_TABLE} WHERE version_id = ?", (migration.version,)
+                )
+            return True
+
+        try:
+            if migration.transactional:
+                with conn.transaction():
+                    return body()
+            return body()
+        except MigrationError:
+            raise
+        except Exception as exc:
+            detail = ""
+            if index:
+                detail = (
+                    f" at statement {index} of {len(statements)} "
+                    f"({_describe(statements[index - 1])})"
+                )
+            rolled_back = (
+                "rolled back"
+                if migration.transactional
+                else "NOT rolled back (the file says NO TRANSACTION)"
+            )
+            raise MigrationError(f"{where} failed{detail}: {exc}; {rolled_back}") from exc
