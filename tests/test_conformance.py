@@ -35,9 +35,7 @@ def _postgres_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConf
     # A fresh schema of the session's scratch database (tests/fixtures/postgres.py); the
     # database, with every schema, is dropped at the end of the session.
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return FullConfig(
-        driver="postgres", database_url=server.new_schema_url(), max_idle_conns=1
-    )
+    return FullConfig(driver="postgres", database_url=server.new_schema_url(), max_idle_conns=1)
 
 
 CONFIG_BUILDERS: dict[str, ConfigBuilder] = {

@@ -6,7 +6,7 @@ default, PostgreSQL, in-memory, or a third party's) chosen by name.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata as _metadata
 
 from ._config import Config, DriverType, FullConfig, config_from_env, parse_duration
 from ._converter import converter
@@ -52,8 +52,8 @@ from ._registry import (
 )
 
 try:
-    __version__ = version("llm-proxy-db")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("llm-proxy-db")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [

@@ -54,9 +54,21 @@ class ConnectionPool:
                 f"all {self._max_open} SQLite connections stayed busy for {self._timeout:g}s; "
                 "raise max_open_conns (DATABASE_POOL_SIZE) or shorten transactions"
             )
+        # An idle connection that outlived max_lifetime is retired, never handed out.
+        retired: list[Connection] = []
+        conn: Connection | None = None
+        now = time.monotonic()
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                candidate = self._idle.pop()
+                if now - candidate.opened_at < self._max_lifetime:
+                    conn = candidate
+                    break
+                retired.append(candidate)
+        for old in retired:
+            old.close()
+        if conn is not None:
+            return conn
         try:
             conn = self._connect()
         except BaseException:

@@ -1,0 +1,213 @@
+"""The backend registry: entry-point discovery, selection by name, environment controls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import llm_proxy_db
+from llm_proxy_db import (
+    STORAGE_API_VERSION,
+    BackendNotFoundError,
+    BackendSpec,
+    Capabilities,
+    ConfigError,
+    FullConfig,
+    list_backends,
+    new_from_full_config,
+    register_backend,
+    unregister_backend,
+)
+from llm_proxy_db._registry import reset_registry
+
+PLUGIN = """
+from llm_proxy_db import STORAGE_API_VERSION, BackendSpec, hookimpl
+
+def _open(config):
+    from llm_proxy_db_memory import MemoryBackend
+    return MemoryBackend()
+
+@hookimpl
+def llm_proxy_db_backends():
+    yield BackendSpec(name={name!r}, api_version={api_version}, factory=_open)
+"""
+
+
+def install_fake(
+    site: Path, dist: str, name: str, *, body: str | None = None, api_version: str = "1"
+) -> None:
+    """Lay out a distribution (dist-info + module) that declares a backend entry point."""
+    module = f"{dist.replace('-', '_')}_plugin"
+    (site / f"{module}.py").write_text(
+        body if body is not None else PLUGIN.format(name=name, api_version=api_version)
+    )
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[llm_proxy_db.backends]\n{name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for fake distributions; the registry reloads around the test."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LLM_PROXY_DB_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("LLM_PROXY_DB_LOAD_PLUGINS", raising=False)
+    reset_registry()
+    yield tmp_path
+    monkeypatch.undo()
+    reset_registry()
+
+
+def by_name() -> dict[str, llm_proxy_db.BackendInfo]:
+    return {info.name: info for info in list_backends()}
+
+
+def test_installed_backend_is_listed_with_its_distribution(site: Path) -> None:
+    install_fake(site, "fake-backend", "fake")
+    info = by_name()["fake"]
+    assert (info.distribution, info.version, info.error) == ("fake-backend", "1.0", None)
+    assert info.spec is not None and info.spec.api_version == STORAGE_API_VERSION
+    with new_from_full_config(FullConfig(driver="FAKE")) as db:  # names are case-insensitive
+        assert db.backend_spec.name == "fake"
+
+
+def test_broken_plugin_does_not_break_the_others(site: Path) -> None:
+    install_fake(site, "broken-backend", "broken", body="raise ImportError('no driver here')")
+    install_fake(site, "fake-backend", "fake")
+    infos = by_name()
+    assert infos["broken"].spec is None
+    assert "no driver here" in (infos["broken"].error or "")
+    new_from_full_config(FullConfig(driver="fake")).close()
+    with pytest.raises(ConfigError, match="broken-backend") as excinfo:
+        new_from_full_config(FullConfig(driver="broken"))
+    assert "no driver here" in str(excinfo.value)
+
+
+def test_two_distributions_claiming_one_name_is_an_error_naming_both(site: Path) -> None:
+    install_fake(site, "first-backend", "twin")
+    install_fake(site, "second-backend", "twin")
+    with pytest.raises(ConfigError) as excinfo:
+        new_from_full_config(FullConfig(driver="twin"))
+    assert "first-backend" in str(excinfo.value)
+    assert "second-backend" in str(excinfo.value)
+    assert "twin" in by_name() and by_name()["twin"].error
+
+
+def test_backend_for_a_newer_api_is_refused(site: Path) -> None:
+    install_fake(site, "future-backend", "future", api_version=str(STORAGE_API_VERSION + 1))
+    info = by_name()["future"]
+    assert info.spec is None and "upgrade llm-proxy-db" in (info.error or "")
+    with pytest.raises(ConfigError, match="storage API version"):
+        new_from_full_config(FullConfig(driver="future"))
+
+
+def test_unknown_driver_lists_installed_and_suggests_a_close_match(site: Path) -> None:
+    with pytest.raises(BackendNotFoundError) as excinfo:
+        new_from_full_config(FullConfig(driver="memroy"))
+    message = str(excinfo.value)
+    assert "'memroy'" in message and "did you mean 'memory'" in message
+    assert "memory" in message.split("installed:")[1]
+    assert isinstance(excinfo.value, ConfigError)
+
+
+def test_disable_plugins_skips_listed_backends(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(site, "fake-backend", "fake")
+    monkeypatch.setenv("LLM_PROXY_DB_DISABLE_PLUGINS", " fake , other")
+    reset_registry()
+    info = by_name()["fake"]
+    assert info.spec is None and "LLM_PROXY_DB_DISABLE_PLUGINS" in (info.skipped or "")
+    assert by_name()["memory"].spec is not None
+    with pytest.raises(BackendNotFoundError, match="LLM_PROXY_DB_DISABLE_PLUGINS"):
+        new_from_full_config(FullConfig(driver="fake"))
+
+
+def test_load_plugins_is_an_allowlist_that_built_ins_obey(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_fake(site, "fake-backend", "fake")
+    monkeypatch.setenv("LLM_PROXY_DB_LOAD_PLUGINS", "fake")
+    reset_registry()
+    infos = by_name()
+    assert infos["fake"].spec is not None
+    assert infos["memory"].spec is None
+    assert "LLM_PROXY_DB_LOAD_PLUGINS" in (infos["memory"].skipped or "")
+    with pytest.raises(BackendNotFoundError):
+        new_from_full_config(FullConfig(driver="memory"))
+
+
+def test_empty_controls_mean_no_restriction(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_PROXY_DB_LOAD_PLUGINS", "")
+    monkeypatch.setenv("LLM_PROXY_DB_DISABLE_PLUGINS", " ")
+    reset_registry()
+    assert by_name()["memory"].spec is not None
+
+
+def test_disabled_plugin_is_not_imported(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(site, "loud-backend", "loud", body="raise RuntimeError('imported!')")
+    monkeypatch.setenv("LLM_PROXY_DB_DISABLE_PLUGINS", "loud")
+    reset_registry()
+    info = by_name()["loud"]
+    assert info.error is None and info.skipped
+
+
+def test_register_backend_in_code(site: Path) -> None:
+    from llm_proxy_db_memory import MemoryBackend
+
+    spec = BackendSpec(
+        name="inline", api_version=STORAGE_API_VERSION, factory=lambda config: MemoryBackend()
+    )
+    register_backend(spec)
+    try:
+        with pytest.raises(ConfigError, match="already registered"):
+            register_backend(spec)
+        info = by_name()["inline"]
+        assert info.distribution is None and info.spec is spec
+        with new_from_full_config(FullConfig(driver="inline")) as db:
+            assert db.capabilities == Capabilities()
+    finally:
+        unregister_backend("inline")
+    assert "inline" not in by_name()
+
+
+def test_register_backend_checks_the_spec(site: Path) -> None:
+    with pytest.raises(ConfigError, match="not a BackendSpec"):
+        register_backend("memory")  # type: ignore[arg-type]
+    future = BackendSpec(
+        name="f",
+        api_version=STORAGE_API_VERSION + 1,
+        factory=lambda config: None,  # type: ignore[arg-type,return-value]
+    )
+    with pytest.raises(ConfigError, match="storage API version"):
+        register_backend(future)
+
+
+def test_entry_point_modules_are_cheap_to_import() -> None:
+    # Listing backends must not import a driver: psycopg loads only when postgres opens.
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import llm_proxy_db
+        llm_proxy_db.list_backends()
+        drivers = ("psycopg", "psycopg_pool", "sqlite3")
+        print(json.dumps(sorted(m for m in drivers if m in sys.modules)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == []
+
+
+def test_capabilities_are_a_small_frozen_set_of_flags() -> None:
+    caps = Capabilities(persistent=True, migrations=True)
+    assert "persistent" in caps and "multi_process" not in caps and "bogus" not in caps
+    assert list(caps) == ["persistent", "migrations"]
+    with pytest.raises(AttributeError):
+        caps.persistent = False  # type: ignore[misc]
