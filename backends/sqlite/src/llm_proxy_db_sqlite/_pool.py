@@ -33,13 +33,15 @@ class ConnectionPool:
         timeout: float,
     ) -> None:
         self._connect = connect
+        self._max_open = max_open
         self._max_idle = max_idle
         self._max_lifetime = max_lifetime
         self._timeout = timeout
-        self._max_open = max_open
-        self._slots = threading.BoundedSemaphore(max_open)
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
         self._idle: list[Connection] = []
+        self._open = 0  # connections lent out or idle
+        self._waiting = 0
         self._closed = False
 
     def connection(self) -> _Checkout:
@@ -47,35 +49,41 @@ class ConnectionPool:
         return _Checkout(self)
 
     def acquire(self) -> Connection:
-        if self._closed:
-            raise DatabaseError("the database is closed")
-        if not self._slots.acquire(timeout=self._timeout):
-            raise DatabaseError(
-                f"all {self._max_open} SQLite connections stayed busy for {self._timeout:g}s; "
-                "raise max_open_conns (DATABASE_POOL_SIZE) or shorten transactions"
-            )
-        # An idle connection that outlived max_lifetime is retired, never handed out.
-        retired: list[Connection] = []
-        conn: Connection | None = None
-        now = time.monotonic()
         with self._lock:
-            while self._idle:
-                candidate = self._idle.pop()
-                if now - candidate.opened_at < self._max_lifetime:
-                    conn = candidate
-                    break
-                retired.append(candidate)
-        for old in retired:
-            old.close()
-        if conn is not None:
-            return conn
+            if self._closed:
+                raise DatabaseError("the database is closed")
+            if self._idle:
+                return self._idle.pop()
+            if self._open >= self._max_open:
+                self._wait_for_room()
+                if self._idle:
+                    return self._idle.pop()
+            self._open += 1
         try:
             conn = self._connect()
         except BaseException:
-            self._slots.release()
+            self._forget_one()
             raise
         conn.opened_at = time.monotonic()
         return conn
+
+    def _wait_for_room(self) -> None:
+        # Called with the lock held; returns when a connection is idle or may be opened.
+        deadline = time.monotonic() + self._timeout
+        self._waiting += 1
+        try:
+            while not self._idle and self._open >= self._max_open:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._released.wait(remaining):
+                    raise DatabaseError(
+                        f"all {self._max_open} SQLite connections stayed busy for "
+                        f"{self._timeout:g}s; raise max_open_conns (DATABASE_POOL_SIZE) "
+                        "or shorten transactions"
+                    )
+                if self._closed:
+                    raise DatabaseError("the database is closed")
+        finally:
+            self._waiting -= 1
 
     def release(self, conn: Connection) -> None:
         try:
@@ -87,15 +95,24 @@ class ConnectionPool:
         with self._lock:
             if keep and not self._closed and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
-                conn = None  # type: ignore[assignment]
-        if conn is not None:
-            conn.close()
-        self._slots.release()
+                if self._waiting:
+                    self._released.notify()
+                return
+        conn.close()
+        self._forget_one()
+
+    def _forget_one(self) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._waiting:
+                self._released.notify()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._released.notify_all()
         for conn in idle:
             conn.close()
 
