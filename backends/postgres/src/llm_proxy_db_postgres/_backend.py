@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -75,12 +75,29 @@ def _conninfo(config: FullConfig) -> str:
             "the postgres backend needs DATABASE_URL, e.g. postgresql://user@host:5432/dbname"
         )
     try:
-        conninfo.conninfo_to_dict(url)
+        params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise ConfigError(
             f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL"
         ) from None
+    # libpq takes any text as a port and only fails when connecting: refuse it here.
+    ports = str(params.get("port") or "")
+    if not all(port.strip().isdigit() for port in ports.split(",") if port.strip()):
+        raise ConfigError(
+            f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL: "
+            "the port must be a number"
+        )
     return url
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """Whether ``exc`` says the server closed the connection (killed, restarted, network)."""
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, PoolTimeout):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    # No SQLSTATE: the client saw the socket close; 08: connection exception;
+    # 57P01-57P05: admin/crash shutdown, cannot connect now, database dropped, idle timeout.
+    return sqlstate is None or sqlstate.startswith(("08", "57P"))
 
 
 class PostgresBackend(SqlStores):
@@ -100,14 +117,43 @@ class PostgresBackend(SqlStores):
             name="llm-proxy-db",
         )
         super().__init__(
-            PooledExecutor(self._pool.connection, psycopg.Error, translate_error), _STATEMENTS
+            PooledExecutor(self._pool.connection, psycopg.Error, self._translate), _STATEMENTS
         )
+        self._probe()
         try:
             self._pool.open(wait=False)
             self.health_check()
         except BaseException:
             self._pool.close()
             raise
+
+    def _probe(self) -> None:
+        """Connect once before opening the pool, so an unreachable server or a refused login
+        fails at once with the server's reason (the pool would retry for POOL_TIMEOUT_S and
+        then only say that no connection was free)."""
+        try:
+            psycopg.connect(self._url, connect_timeout=max(2, int(POOL_TIMEOUT_S))).close()
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            password = conninfo.conninfo_to_dict(self._url).get("password")
+            if password:
+                reason = reason.replace(str(password), "***")
+            raise DatabaseError(
+                f"cannot reach PostgreSQL at {redact_url(self._url)}: {reason}"
+            ) from None
+
+    def _translate(self, exc: Exception) -> DatabaseError:
+        """``translate_error``; after a lost connection, also test the idle ones.
+
+        A server restart or ``pg_terminate_backend`` kills every pooled connection, but the
+        pool only learns it when each one fails a call. Testing the idle connections here
+        (on the error path only: no round trip per checkout) lets the next call get a fresh
+        connection instead of the next dead one.
+        """
+        if _connection_lost(exc):
+            with suppress(Exception):
+                self._pool.check()
+        return translate_error(exc)
 
     def close(self) -> None:
         self._pool.close()
@@ -125,11 +171,11 @@ class PostgresBackend(SqlStores):
         try:
             with (
                 self._pool.connection() as conn,
-                sql_transaction(conn, _STATEMENTS, psycopg.Error, translate_error) as stores,
+                sql_transaction(conn, _STATEMENTS, psycopg.Error, self._translate) as stores,
             ):
                 yield stores
         except psycopg.Error as exc:  # checkout failed (pool timeout, server gone)
-            raise translate_error(exc) from None
+            raise self._translate(exc) from None
 
     @contextmanager
     def migration_connection(self) -> Iterator[DbApiMigrationConnection]:
@@ -145,7 +191,10 @@ class PostgresBackend(SqlStores):
             try:
                 yield DbApiMigrationConnection(conn, POSTGRES)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+                # A dead connection has released its session lock already; never let a
+                # failed unlock hide the run's own error behind a raw psycopg exception.
+                with suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
         finally:
             conn.close()
 

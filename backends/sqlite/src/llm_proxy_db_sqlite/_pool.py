@@ -49,16 +49,23 @@ class ConnectionPool:
         return _Checkout(self)
 
     def acquire(self) -> Connection:
-        with self._lock:
-            if self._closed:
-                raise DatabaseError("the database is closed")
-            if self._idle:
-                return self._idle.pop()
-            if self._open >= self._max_open:
-                self._wait_for_room()
-                if self._idle:
-                    return self._idle.pop()
-            self._open += 1
+        retired: list[Connection] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise DatabaseError("the database is closed")
+                conn = self._take_idle(retired)
+                if conn is not None:
+                    return conn
+                if self._open >= self._max_open:
+                    self._wait_for_room()
+                    conn = self._take_idle(retired)
+                    if conn is not None:
+                        return conn
+                self._open += 1
+        finally:
+            for old in retired:
+                old.close()
         try:
             conn = self._connect()
         except BaseException:
@@ -66,6 +73,22 @@ class ConnectionPool:
             raise
         conn.opened_at = time.monotonic()
         return conn
+
+    def _take_idle(self, retired: list[Connection]) -> Connection | None:
+        # Called with the lock held: the newest idle connection still within max_lifetime;
+        # older ones go to ``retired`` (closed by the caller, outside the lock), never lent.
+        if not self._idle:
+            return None
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.opened_at < self._max_lifetime:
+                return conn
+            retired.append(conn)
+            self._open -= 1
+        if self._waiting:
+            self._released.notify_all()  # room was made for more than this caller
+        return None
 
     def _wait_for_room(self) -> None:
         # Called with the lock held; returns when a connection is idle or may be opened.

@@ -39,6 +39,12 @@ class Dialect:
     """goose's ``goose_db_version`` table, in goose's layout for this dialect."""
     size_query: str
     """One row, one column: the bytes the database (or this schema's tables) take."""
+    comparable_time_template: str = "{column}"
+    """SQL that makes a stored time column comparable with an encoded parameter."""
+
+    def comparable_time(self, column: str) -> str:
+        """``column`` as an expression that compares correctly with ``encode_time`` values."""
+        return self.comparable_time_template.replace("{column}", column)
 
     def sql(self, statement: str) -> str:
         """``statement`` with its ``?`` placeholders in this dialect's style."""
@@ -62,6 +68,13 @@ SQLITE = Dialect(
         ")"
     ),
     size_query="SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+    # Our own values (UTC text, space separator) compare as text. A value another writer
+    # left in another form (the Go driver's local offsets, a 'T', no offset) is rewritten
+    # to UTC text first, at millisecond precision (all SQLite's date functions keep).
+    comparable_time_template=(
+        "(CASE WHEN {column} LIKE '____-__-__ __:__:__%+00:00' THEN {column} "
+        "ELSE rtrim(rtrim(strftime('%Y-%m-%d %H:%M:%f', {column}), '0'), '.') || '+00:00' END)"
+    ),
 )
 
 POSTGRES = Dialect(

@@ -194,8 +194,9 @@ class Statements:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.codec = RowCodec(dialect)
+        expires_at = dialect.comparable_time("expires_at")
         for name, text in _STATEMENTS.items():
-            setattr(self, name, dialect.sql(text))
+            setattr(self, name, dialect.sql(text.replace("{expires_at}", expires_at)))
 
     def sql(self, statement: str) -> str:
         """An ad-hoc statement (one built from a filter) in this dialect's style."""
@@ -203,7 +204,7 @@ class Statements:
 
 
 _TOKEN_USABLE = (
-    "is_active AND (expires_at IS NULL OR expires_at > ?) "
+    "is_active AND (expires_at IS NULL OR {expires_at} > ?) "
     "AND (max_requests IS NULL OR request_count < max_requests) "
     "AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active)"
 )
@@ -238,7 +239,7 @@ _STATEMENTS: dict[str, str] = {
     "revoke_token": f"{_REVOKE} WHERE token = ?",
     "revoke_project_tokens": f"{_REVOKE} WHERE project_id = ? AND is_active",
     "revoke_expired_tokens": (
-        f"{_REVOKE} WHERE is_active AND expires_at IS NOT NULL AND expires_at <= ?"
+        f"{_REVOKE} WHERE is_active AND expires_at IS NOT NULL AND {{expires_at}} <= ?"
     ),
     "increment_cache_hits": (
         "UPDATE tokens SET cache_hit_count = cache_hit_count + ? WHERE token = ?"
@@ -250,8 +251,9 @@ _STATEMENTS: dict[str, str] = {
         "SELECT (SELECT COUNT(*) FROM projects), "
         "(SELECT COUNT(*) FROM projects WHERE is_active), "
         "(SELECT COUNT(*) FROM tokens), "
-        "(SELECT COUNT(*) FROM tokens WHERE is_active AND (expires_at IS NULL OR expires_at > ?)), "
-        "(SELECT COUNT(*) FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?), "
+        "(SELECT COUNT(*) FROM tokens "
+        "WHERE is_active AND (expires_at IS NULL OR {expires_at} > ?)), "
+        "(SELECT COUNT(*) FROM tokens WHERE expires_at IS NOT NULL AND {expires_at} <= ?), "
         "(SELECT COALESCE(SUM(request_count), 0) FROM tokens)"
     ),
 }
