@@ -211,3 +211,24 @@ def test_capabilities_are_a_small_frozen_set_of_flags() -> None:
     assert list(caps) == ["persistent", "migrations"]
     with pytest.raises(AttributeError):
         caps.persistent = False  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "Mine"}, "lower case"),
+        ({"name": ""}, "lower case"),
+        ({"capabilities": Capabilities(migrations=True)}, "'migrations' capability"),
+    ],
+)
+def test_specs_are_checked_when_registered(changes: dict[str, object], message: str) -> None:
+    from llm_proxy_db_memory import MemoryBackend
+
+    fields: dict[str, object] = {
+        "name": "mine",
+        "api_version": STORAGE_API_VERSION,
+        "factory": lambda config: MemoryBackend(),
+        **changes,
+    }
+    with pytest.raises(ConfigError, match=message):
+        register_backend(BackendSpec(**fields))  # type: ignore[arg-type]

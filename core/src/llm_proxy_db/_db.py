@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._config import Config, FullConfig, config_from_env
-from ._errors import DatabaseError, MigrationError
+from ._errors import ConfigError, DatabaseError, MigrationError
 from ._models import AuditEvent, AuditEventFilter, Project, Stats, Token
 from ._registry import BackendSpec, Capabilities, get_backend_spec
 
@@ -220,9 +220,15 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
     migrations = None
     try:
         if spec.migrations is not None:
-            from .sql import Migrations
+            from .sql import Migrations, MigrationTarget
 
-            migrations = Migrations(spec.migrations, backend)  # type: ignore[arg-type]
+            if not hasattr(backend, "migration_connection"):
+                raise ConfigError(
+                    f"backend {spec.name!r} ships migrations but its backend object has no "
+                    "migration_connection() method"
+                )
+            target: MigrationTarget = backend  # type: ignore[assignment]
+            migrations = Migrations(spec.migrations, target)
             if config.auto_migrate:
                 migrations.up()
             else:

@@ -29,12 +29,16 @@ class ProjectStore(Protocol):
     def update_project(self, project: Project) -> Project:
         """Store name, openai_api_key, is_active and deactivated_at; set ``updated_at`` to now.
 
-        ``created_at`` never changes. Returns the stored project.
+        ``created_at`` never changes. Returns the stored project. ``ProjectNotFoundError``
+        for an unknown id, ``ProjectExistsError`` when another project has the name.
         """
         ...
 
     def delete_project(self, project_id: str) -> None:
-        """Hard-delete the project and its tokens; its audit events stay."""
+        """Hard-delete the project and its tokens; its audit events stay.
+
+        ``ProjectNotFoundError`` for an unknown id.
+        """
         ...
 
     def list_projects(self) -> list[Project]:
@@ -59,16 +63,17 @@ class TokenStore(Protocol):
         """Store only ``expires_at``, ``is_active``, ``deactivated_at`` and ``max_requests``.
 
         The usage counters are never written, so no concurrent increment is lost.
-        Returns the stored token, counters included.
+        Returns the stored token, counters included; ``TokenNotFoundError`` if unknown.
         """
         ...
 
     def delete_token(self, token: str) -> None:
-        """Delete the token."""
+        """Delete the token; ``TokenNotFoundError`` if unknown."""
         ...
 
     def list_tokens(self, project_id: str | None = None) -> list[Token]:
-        """Tokens (of one project, or all), newest ``created_at`` first."""
+        """Tokens (of one project, or all), newest ``created_at`` first, ties by token
+        descending."""
         ...
 
     def increment_token_usage(self, token: str) -> Token:
@@ -84,7 +89,10 @@ class TokenStore(Protocol):
         ...
 
     def revoke_token(self, token: str) -> None:
-        """Deactivate the token; idempotent, the first ``deactivated_at`` is kept."""
+        """Deactivate the token (``TokenNotFoundError`` if unknown).
+
+        Idempotent: an existing ``deactivated_at`` is kept, otherwise it becomes now.
+        """
         ...
 
     def revoke_project_tokens(self, project_id: str) -> int:
@@ -96,11 +104,15 @@ class TokenStore(Protocol):
         ...
 
     def increment_cache_hit_count(self, token: str, delta: int = 1) -> None:
-        """Add ``delta`` (>= 1) to the token's ``cache_hit_count``."""
+        """Add ``delta`` (>= 1) to the token's ``cache_hit_count``; ``TokenNotFoundError``
+        if unknown."""
         ...
 
     def reset_token_usage(self, token: str) -> Token:
-        """Set ``request_count`` to 0; ``cache_hit_count`` and ``last_used_at`` stay."""
+        """Set ``request_count`` to 0; ``cache_hit_count`` and ``last_used_at`` stay.
+
+        Returns the updated token; ``TokenNotFoundError`` if unknown.
+        """
         ...
 
 

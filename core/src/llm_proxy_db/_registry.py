@@ -255,6 +255,13 @@ def _load_plugin(
 def _check_spec(spec: object, origin: str) -> None:
     if not isinstance(spec, BackendSpec):
         raise ConfigError(f"{origin} yielded {spec!r}, which is not a BackendSpec")
+    if not spec.name or spec.name != spec.name.strip().lower():
+        raise ConfigError(f"backend name {spec.name!r} ({origin}) must be non-empty lower case")
+    if spec.capabilities.migrations != (spec.migrations is not None):
+        raise ConfigError(
+            f"backend {spec.name!r} ({origin}): the 'migrations' capability must be declared "
+            "exactly when BackendSpec.migrations names the folder of goose files"
+        )
     if spec.api_version > STORAGE_API_VERSION:
         raise ConfigError(
             f"backend {spec.name!r} ({origin}) needs storage API version {spec.api_version}, "

@@ -174,9 +174,9 @@ class Statements:
     update_project: str
     delete_project: str
     list_projects: str
-    project_is_active: str
     insert_token: str
     get_token: str
+    get_token_and_project_state: str
     update_token: str
     delete_token: str
     list_tokens: str
@@ -219,9 +219,12 @@ _STATEMENTS: dict[str, str] = {
     ),
     "delete_project": "DELETE FROM projects WHERE id = ?",
     "list_projects": f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name",
-    "project_is_active": "SELECT is_active FROM projects WHERE id = ?",
     "insert_token": _insert("tokens", TOKEN_COLUMNS),
     "get_token": f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?",
+    "get_token_and_project_state": (
+        f"SELECT {TOKEN_COLUMNS}, (SELECT p.is_active FROM projects p "
+        "WHERE p.id = tokens.project_id) FROM tokens WHERE token = ?"
+    ),
     "update_token": (
         "UPDATE tokens SET expires_at = ?, is_active = ?, deactivated_at = ?, max_requests = ? "
         f"WHERE token = ? RETURNING {TOKEN_COLUMNS}"

@@ -78,19 +78,21 @@ class ConnectionExecutor:
         self._driver_error = driver_error
         self._translate = translate
 
+    # Errors are raised outside the except block so they carry no __context__: the
+    # driver's exception may quote a key value (a token) that must never be printed.
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            rows: list[Any] = self._conn.execute(sql, params).fetchall()
+            return self._conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
         except self._driver_error as exc:
-            raise self._translate(exc) from None
-        return rows
+            error = self._translate(exc)
+        raise error
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
-            count: int = self._conn.execute(sql, params).rowcount
+            return self._conn.execute(sql, params).rowcount  # type: ignore[no-any-return]
         except self._driver_error as exc:
-            raise self._translate(exc) from None
-        return count
+            error = self._translate(exc)
+        raise error
 
 
 class PooledExecutor:
@@ -114,18 +116,18 @@ class PooledExecutor:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._checkout() as conn:
-                rows: list[Any] = conn.execute(sql, params).fetchall()
+                return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
         except self._driver_error as exc:
-            raise self._translate(exc) from None
-        return rows
+            error = self._translate(exc)
+        raise error
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
             with self._checkout() as conn:
-                count: int = conn.execute(sql, params).rowcount
+                return conn.execute(sql, params).rowcount  # type: ignore[no-any-return]
         except self._driver_error as exc:
-            raise self._translate(exc) from None
-        return count
+            error = self._translate(exc)
+        raise error
 
 
 class SqlStores:
@@ -226,10 +228,13 @@ class SqlStores:
             rows = self._ex.query(self._s.increment_usage, (stamp, token, stamp))
             if rows:
                 return self._codec.token(rows[0])
-            # Refused: read the token once to say precisely why.
-            stored = self.get_token_by_id(token)
-            active = self._ex.query(self._s.project_is_active, (stored.project_id,))
-            stored.check_usable(project_active=bool(active and active[0][0]), now=now)
+            # Refused: read the token and its project's state once to say precisely why.
+            found = self._ex.query(self._s.get_token_and_project_state, (token,))
+            if not found:
+                raise _token_not_found(token)
+            *row, project_active = found[0]
+            stored = self._codec.token(row)
+            stored.check_usable(project_active=bool(project_active), now=now)
             # Nothing is wrong any more: a concurrent change raced us; try again.
         raise TransientError(f"token {mask_token(token)} kept changing; retry the request")
 

@@ -1,0 +1,140 @@
+"""``backends``, ``health`` and ``stats``: what is installed, whether it answers, how big."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import BackendInfo, MigrationError, list_backends
+from ._output import echo_document, fields, table
+from ._params import json_option
+from ._state import State, pass_state
+
+__all__ = ["backends", "health", "stats"]
+
+
+def _backend_document(info: BackendInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "distribution": info.distribution,
+        "version": info.version,
+        "description": info.spec.description if info.spec else None,
+        "capabilities": list(info.capabilities),
+        "error": info.error,
+        "skipped": info.skipped,
+    }
+
+
+@click.command()
+@json_option
+@pass_state
+def backends(state: State) -> None:
+    """List the installed backends.
+
+    Each with its distribution, version, capabilities, and load error if any. Needs no
+    database, so it works even when the configuration is broken.
+    """
+    infos = list_backends()
+    if state.json:
+        echo_document([_backend_document(info) for info in infos])
+        return
+    if not infos:
+        click.echo("No backends installed; install e.g. llm-proxy-db-sqlite.")
+        return
+    rows = []
+    for info in infos:
+        if info.error:
+            state_text = f"error: {info.error}"
+        elif info.skipped:
+            state_text = f"skipped: {info.skipped}"
+        else:
+            state_text = "ok"
+        rows.append(
+            (
+                info.name,
+                info.distribution or "-",
+                info.version or "-",
+                ",".join(info.capabilities) or "-",
+                state_text,
+            )
+        )
+    click.echo(table(("NAME", "DISTRIBUTION", "VERSION", "CAPABILITIES", "STATUS"), rows))
+
+
+@click.command()
+@json_option
+@pass_state
+def health(state: State) -> None:
+    """Check that the database answers.
+
+    Exit 1 when it does not. Applies no migration; reports the schema version.
+
+    JSON: {"ok": true, "backend": ..., "schema_version": N or null, "latest": N or null}.
+    """
+    db = state.db(auto_migrate=False)
+    db.health_check()
+    current: int | None = None
+    latest: int | None = None
+    try:
+        runner = db.migrations
+    except MigrationError:  # a backend without migrations
+        pass
+    else:
+        current, latest = runner.version(), runner.latest
+    if state.json:
+        echo_document(
+            {
+                "ok": True,
+                "backend": db.backend_spec.name,
+                "schema_version": current,
+                "latest": latest,
+            }
+        )
+        return
+    pairs = [("status", "ok"), ("backend", db.backend_spec.name)]
+    if current is not None and latest is not None:
+        note = "" if current >= latest else "  (pending: run 'llm-proxy-db migrate up')"
+        pairs.append(("schema", f"version {current} of {latest}{note}"))
+    click.echo(fields(pairs))
+
+
+@click.command()
+@json_option
+@pass_state
+def stats(state: State) -> None:
+    """Show counts of projects, tokens, requests; the size.
+
+    JSON: {"backend", "projects", "active_projects", "tokens", "active_tokens",
+    "expired_tokens", "total_requests", "size_bytes" (null when unknown)}.
+    """
+    db = state.db()
+    numbers = db.stats()
+    if state.json:
+        echo_document(
+            {
+                "backend": db.backend_spec.name,
+                "projects": numbers.projects,
+                "active_projects": numbers.active_projects,
+                "tokens": numbers.tokens,
+                "active_tokens": numbers.active_tokens,
+                "expired_tokens": numbers.expired_tokens,
+                "total_requests": numbers.total_requests,
+                "size_bytes": numbers.size_bytes,
+            }
+        )
+        return
+    size = "unknown" if numbers.size_bytes is None else f"{numbers.size_bytes} bytes"
+    click.echo(
+        fields(
+            [
+                ("backend", db.backend_spec.name),
+                ("projects", f"{numbers.projects} ({numbers.active_projects} active)"),
+                ("tokens", str(numbers.tokens)),
+                ("active_tokens", str(numbers.active_tokens)),
+                ("expired_tokens", str(numbers.expired_tokens)),
+                ("total_requests", str(numbers.total_requests)),
+                ("size", size),
+            ]
+        )
+    )
