@@ -242,7 +242,7 @@ class AuditEventFilter:
 
     def matches(self, event: AuditEvent) -> bool:
         """Whether ``event`` passes every condition of this filter (paging aside)."""
-        for name in _EXACT_FILTER_FIELDS:
+        for name in EXACT_FILTER_FIELDS:
             wanted = getattr(self, name)
             if wanted is not None and getattr(event, name) != wanted:
                 return False
@@ -268,7 +268,7 @@ class AuditEventFilter:
         return found[self.offset : end]
 
 
-_EXACT_FILTER_FIELDS: Final = (
+EXACT_FILTER_FIELDS: Final = (
     "action",
     "actor",
     "project_id",

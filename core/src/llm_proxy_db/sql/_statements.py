@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._models import (
+    EXACT_FILTER_FIELDS,
     SEARCHED_FIELDS,
     AuditEvent,
     AuditEventFilter,
@@ -33,17 +34,6 @@ TOKEN_COLUMNS = (
 AUDIT_COLUMNS = (
     "action, actor, outcome, id, timestamp, project_id, request_id, correlation_id, "
     "client_ip, method, path, user_agent, reason, token_id, metadata"
-)
-_AUDIT_FILTER_EQUALS = (
-    "action",
-    "actor",
-    "project_id",
-    "outcome",
-    "client_ip",
-    "request_id",
-    "correlation_id",
-    "method",
-    "path",
 )
 _SEARCH_SQL = " OR ".join(f"LOWER({name}) LIKE ? ESCAPE '\\'" for name in SEARCHED_FIELDS)
 
@@ -144,7 +134,7 @@ class RowCodec:
             return "", []
         clauses: list[str] = []
         params: list[Any] = []
-        for name in _AUDIT_FILTER_EQUALS:
+        for name in EXACT_FILTER_FIELDS:
             value = getattr(flt, name)
             if value is not None:
                 clauses.append(f"{name} = ?")
