@@ -20,7 +20,9 @@ pytest.register_assert_rewrite(
             "_conformance",
             "_lifecycle",
             "_projects",
+            "_reference",
             "_safety",
+            "_stateful",
             "_tokens",
             "_usage",
         )

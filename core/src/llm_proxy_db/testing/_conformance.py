@@ -7,6 +7,7 @@ from ._capabilities import CapabilityTests
 from ._lifecycle import LifecycleTests
 from ._projects import ProjectTests
 from ._safety import SafetyTests
+from ._stateful import StatefulTests
 from ._tokens import TokenTests
 from ._usage import UsageTests
 
@@ -21,6 +22,7 @@ class StoreConformance(
     LifecycleTests,
     SafetyTests,
     CapabilityTests,
+    StatefulTests,
 ):
     """Every behaviour of the store contract, for one backend.
 
@@ -30,8 +32,12 @@ class StoreConformance(
         class TestMyBackend(StoreConformance):
             @pytest.fixture
             def backend_factory(self, tmp_path):
-                config = FullConfig(driver="mine", path=str(tmp_path / "db"))
-                return lambda *, reopen=None: new_from_full_config(config)
+                def factory(*, reopen=None):
+                    if reopen is not None:  # the same storage, opened again
+                        return new_from_full_config(reopen.config)
+                    path = tmp_path / f"db-{uuid.uuid4().hex}"  # a new, empty one
+                    return new_from_full_config(FullConfig(driver="mine", path=str(path)))
+                return factory
 
     Tests needing an optional capability (``persistent``, ``multi_process``,
     ``migrations``) skip with a visible reason when the backend does not declare it.
