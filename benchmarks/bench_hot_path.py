@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from llm_proxy_db import DB, FullConfig, Project, Token, new_from_full_config
@@ -48,8 +48,10 @@ def seed(db: DB) -> str:
 
 def report(backend: str, rows: list[tuple[str, float, float]]) -> None:
     for name, ours, raw in rows:
-        print(f"{backend:9} {name:24} facade {ours:8.1f} us   raw {raw:8.1f} us   "
-              f"ratio {ours / raw:5.2f}x")
+        print(
+            f"{backend:9} {name:24} facade {ours:8.1f} us   raw {raw:8.1f} us   "
+            f"ratio {ours / raw:5.2f}x"
+        )
 
 
 def bench_sqlite(n: int) -> None:
@@ -65,13 +67,16 @@ def bench_sqlite(n: int) -> None:
             return raw.execute("SELECT * FROM tokens WHERE token = ?", (token,)).fetchall()
 
         def raw_increment() -> object:
-            now = encode_text_timestamp(datetime.now(timezone.utc))
+            now = encode_text_timestamp(datetime.now(UTC))
             return raw.execute(INCREMENT_SQL, (now, token, now)).fetchall()
 
         rows = [
             ("get_token_by_id", per_op(lambda: db.get_token_by_id(token), n), per_op(raw_get, n)),
-            ("increment_token_usage", per_op(lambda: db.increment_token_usage(token), n),
-             per_op(raw_increment, n)),
+            (
+                "increment_token_usage",
+                per_op(lambda: db.increment_token_usage(token), n),
+                per_op(raw_increment, n),
+            ),
         ]
         raw.close()
         db.close()
@@ -96,14 +101,17 @@ def bench_postgres(url: str, n: int) -> None:
             return raw.execute(get_sql, (token,), prepare=True).fetchall()
 
         def raw_increment() -> object:
-            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            now = datetime.now(UTC).replace(tzinfo=None)
             return raw.execute(inc_sql, (now, token, now), prepare=True).fetchall()
 
         n = max(n // 10, 500)
         rows = [
             ("get_token_by_id", per_op(lambda: db.get_token_by_id(token), n), per_op(raw_get, n)),
-            ("increment_token_usage", per_op(lambda: db.increment_token_usage(token), n),
-             per_op(raw_increment, n)),
+            (
+                "increment_token_usage",
+                per_op(lambda: db.increment_token_usage(token), n),
+                per_op(raw_increment, n),
+            ),
         ]
         raw.close()
         db.close()

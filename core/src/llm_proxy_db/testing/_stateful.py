@@ -40,6 +40,9 @@ from .._models import AuditEvent, AuditEventFilter, Project, Token, utcnow
 from ._base import BackendFactory, ConformanceBase
 from ._reference import ReferenceModel
 
+# Typed here once: some hypothesis releases leave this function unannotated.
+_run_machine: Callable[..., None] = run_state_machine_as_test
+
 __all__ = ["StatefulTests", "StoreMachine"]
 
 _T = TypeVar("_T")
@@ -765,6 +768,4 @@ class StatefulTests(ConformanceBase):
             pass
 
         StoreMachineRun.setup = setup
-        run_state_machine_as_test(  # type: ignore[no-untyped-call]
-            StoreMachineRun, settings=self.stateful_settings
-        )
+        _run_machine(StoreMachineRun, settings=self.stateful_settings)
