@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .conftest import Cli
+from .conftest import API_KEY, Cli
 
 
 def test_bad_configuration_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
@@ -34,3 +34,16 @@ def test_usage_errors_name_the_fix(cli: Cli) -> None:
     assert unknown.err == "error: No such command 'tokens'; did you mean 'token'?\n"
     missing = cli("token", "create", code=2)
     assert "--project" in missing.err and "llm-proxy-db token create --help" in missing.err
+
+
+def test_out_of_range_values_are_usage_errors_that_change_nothing(cli: Cli) -> None:
+    project = cli("--json", "project", "create", "p", "--api-key-stdin", input=API_KEY + "\n")
+    assert project.json()["name"] == "p"
+    too_long = cli("token", "create", "--project", "p", "--expires-in", "99999999d", code=2)
+    assert "100 years" in too_long.err
+    assert "100 years" in cli("audit", "list", "--since", "99999999d", code=2).err
+    assert "--since" in cli("audit", "list", "--since", "999999999999d", code=2).err
+    both = cli("--json", "token", "create", "--project", "p", "--quiet", code=2)
+    assert "--quiet and --json" in both.err
+    assert cli("--json", "token", "list").json() == []
+    assert cli("--json", "audit", "count", "--action", "token.create").json() == {"count": 0}

@@ -67,7 +67,10 @@ def parse_duration(text: str) -> timedelta:
                 f"invalid duration {text!r}: use a number and a unit (ns, us, ms, s, m, h, d), "
                 "e.g. 30m, 1h30m, 7d"
             )
-        total += float(match.group(1)) * _UNITS[match.group(2)]
+        try:
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+        except OverflowError:
+            raise ValueError(f"invalid duration {text!r}: it is too long") from None
         pos = match.end()
     if not value:
         raise ValueError(f"invalid duration {text!r}: it is empty")

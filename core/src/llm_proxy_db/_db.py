@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ._config import Config, FullConfig, config_from_env
 from ._errors import ConfigError, DatabaseError, MigrationError
 from ._models import AuditEvent, AuditEventFilter, Project, Stats, Token
-from ._registry import BackendSpec, Capabilities, get_backend_spec
+from ._registry import BackendSpec, Capabilities, get_backend_spec, list_backends
 
 if TYPE_CHECKING:
     from ._protocols import Backend, Stores
@@ -130,8 +130,16 @@ class StoreFacade:
 class _Closed:
     """Stands in for the backend after ``close()``: every use raises ``DatabaseError``."""
 
+    message = "the database is closed"
+
     def __getattr__(self, name: str) -> NoReturn:
-        raise DatabaseError("the database is closed")
+        raise DatabaseError(self.message)
+
+
+class _Ended(_Closed):
+    """Stands in for a transaction's stores once its block has ended."""
+
+    message = "the transaction has ended; use the DB, or start a new transaction"
 
 
 class DB(StoreFacade):
@@ -188,7 +196,11 @@ class DB(StoreFacade):
     def transaction(self) -> Iterator[StoreFacade]:
         """A unit of work: commits on normal exit, rolls back everything on an exception."""
         with self._backend.transaction() as stores:
-            yield StoreFacade(stores)
+            facade = StoreFacade(stores)
+            try:
+                yield facade
+            finally:
+                facade._stores = _Ended()
 
     def __enter__(self) -> DB:
         return self
@@ -216,7 +228,15 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
     running pending migrations first when ``config.auto_migrate`` is true."""
     config = config_from_env() if config is None else config
     spec = get_backend_spec(config.driver)
-    backend = spec.factory(config)
+    try:
+        backend = spec.factory(config)
+    except ImportError as exc:  # the backend's driver is missing or broken
+        info = next((i for i in list_backends() if i.name == spec.name), None)
+        origin = info.distribution if info and info.distribution else "registered in code"
+        raise ConfigError(
+            f"backend {spec.name!r} ({origin}) cannot load its driver: {exc}; "
+            "reinstall that distribution with its dependencies"
+        ) from None
     migrations = None
     try:
         if spec.migrations is not None:

@@ -129,9 +129,14 @@ def _json_object(instance: object, attribute: attrs.Attribute[Any], value: objec
     if not isinstance(value, dict):
         raise TypeError(f"{attribute.name} must be a dict or None, got {type(value).__name__}")
     try:
-        json.dumps(value, allow_nan=False)
+        same = json.loads(json.dumps(value, allow_nan=False)) == value
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{attribute.name} must be JSON-serialisable: {exc}") from None
+    if not same:  # e.g. int keys or tuples, which would come back changed
+        raise ValueError(
+            f"{attribute.name} must survive a JSON round trip unchanged "
+            "(string keys; lists, not tuples)"
+        )
 
 
 def _hidden(value: object) -> str:
@@ -295,7 +300,7 @@ SEARCHED_FIELDS: Final = (
 
 def metadata_text(metadata: dict[str, Any] | None) -> str | None:
     """The JSON text stored for an audit event's metadata."""
-    return None if metadata is None else json.dumps(metadata, sort_keys=True)
+    return None if metadata is None else json.dumps(metadata, sort_keys=True, ensure_ascii=False)
 
 
 @attrs.frozen(kw_only=True)

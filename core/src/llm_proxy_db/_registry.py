@@ -147,8 +147,10 @@ class _Registry:
             self._manual.pop(name, None)
 
     def infos(self) -> list[BackendInfo]:
-        entries = dict(self._load())
-        for name, spec in self._manual.items():
+        with self._lock:
+            entries = dict(self._load())
+            manual = dict(self._manual)
+        for name, spec in manual.items():
             skipped = _skip_reason(name)
             entries[name] = BackendInfo(
                 name=name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -39,10 +38,21 @@ _RETRYABLE = (
 )
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+def describe_target(url: str) -> str:
+    """Where ``url`` points, as ``user@host:port/dbname``: never its password or options.
+
+    A string that does not parse is not quoted at all (any part of it may be a secret).
+    """
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(an unparsable DATABASE_URL)"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    if "@" in host:  # an unescaped '@' in the password ended up in the host
+        return "(a DATABASE_URL whose password needs percent-encoding)"
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"{user}{host}{port}/{params.get('dbname') or ''}"
 
 
 def translate_error(exc: Exception) -> DatabaseError:
@@ -76,15 +86,17 @@ def _conninfo(config: FullConfig) -> str:
         )
     try:
         params = conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
+    except psycopg.Error:
+        # psycopg's reason may quote the string, password included: give none of it.
         raise ConfigError(
-            f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL"
+            "DATABASE_URL is not a valid PostgreSQL URL; use the form "
+            "postgresql://user:password@host:5432/dbname"
         ) from None
     # libpq takes any text as a port and only fails when connecting: refuse it here.
     ports = str(params.get("port") or "")
     if not all(port.strip().isdigit() for port in ports.split(",") if port.strip()):
         raise ConfigError(
-            f"DATABASE_URL {redact_url(url)!r} is not a valid PostgreSQL URL: "
+            f"DATABASE_URL for {describe_target(url)} is not a valid PostgreSQL URL: "
             "the port must be a number"
         )
     return url
@@ -139,7 +151,7 @@ class PostgresBackend(SqlStores):
             if password:
                 reason = reason.replace(str(password), "***")
             raise DatabaseError(
-                f"cannot reach PostgreSQL at {redact_url(self._url)}: {reason}"
+                f"cannot reach PostgreSQL at {describe_target(self._url)}: {reason}"
             ) from None
 
     def _translate(self, exc: Exception) -> DatabaseError:
@@ -163,7 +175,7 @@ class PostgresBackend(SqlStores):
             self._ex.query("SELECT 1")
         except DatabaseError as exc:
             raise DatabaseError(
-                f"cannot reach PostgreSQL at {redact_url(self._url)}: {exc}"
+                f"cannot reach PostgreSQL at {describe_target(self._url)}: {exc}"
             ) from None
 
     @contextmanager
@@ -200,13 +212,18 @@ class PostgresBackend(SqlStores):
 
     @staticmethod
     def _lock(conn: psycopg.Connection[Any]) -> None:
-        conn.execute(f"SET statement_timeout = {int(MIGRATION_LOCK_TIMEOUT_S * 1000)}")
         try:
+            conn.execute(f"SET statement_timeout = {int(MIGRATION_LOCK_TIMEOUT_S * 1000)}")
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         except psycopg.errors.QueryCanceled:
             raise MigrationError(
                 f"another process held the migration lock for {MIGRATION_LOCK_TIMEOUT_S:g}s; "
                 "wait for it to finish, then retry"
             ) from None
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"cannot take the migration lock: {translate_error(exc)}"
+            ) from None
         finally:
-            conn.execute("RESET statement_timeout")
+            with suppress(psycopg.Error):
+                conn.execute("RESET statement_timeout")

@@ -60,6 +60,10 @@ def _database_file(path: str) -> str:
     return os.fspath(target)
 
 
+def _unicode_lower(value: str | bytes | int | float | None) -> str | bytes | int | float | None:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _enable_wal(conn: sqlite3.Connection) -> None:
     # Switching a new file to WAL needs a lock that busy_timeout does not wait for: when
     # several processes open a fresh file at once, retry for a while instead of failing.
@@ -111,6 +115,9 @@ class SQLiteBackend(SqlStores):
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # SQLite's own lower() folds ASCII only; audit search is case-insensitive for
+            # every script, as on the other backends.
+            conn.create_function("lower", 1, _unicode_lower, deterministic=True)
             if self._path != ":memory:":
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")

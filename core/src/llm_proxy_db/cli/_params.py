@@ -14,6 +14,7 @@ from ._state import State
 __all__ = ["duration_option", "json_option", "moment_option"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_LONGEST = timedelta(days=36525)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -28,6 +29,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         ) from None
     if duration <= timedelta(0):
         raise click.BadParameter(f"{value!r} is not positive; use e.g. 30d, 12h, 1h30m", ctx, param)
+    if duration > _LONGEST:
+        raise click.BadParameter(f"{value!r} is longer than 100 years", ctx, param)
     return duration
 
 
@@ -37,9 +40,13 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
         return None
     text = value.strip()
     try:
-        return datetime.now(UTC) - parse_duration(text)
+        ago = parse_duration(text)
     except ValueError:
         pass
+    else:
+        if abs(ago) > _LONGEST:
+            raise click.BadParameter(f"{text!r} is more than 100 years", ctx, param)
+        return datetime.now(UTC) - ago
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -108,8 +108,11 @@ def create(
 
     The whole token is never shown again.
 
-    JSON: the token record with the whole token in "token". --quiet wins over --json.
+    JSON: the token record with the whole token in "token". --quiet (only the token, for
+    scripts) and --json do not combine.
     """
+    if quiet and state.json:
+        raise click.UsageError("--quiet and --json do not combine; choose one")
     expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
 
     def change(tx: Stores, trail: Trail) -> tuple[Token, Project]:

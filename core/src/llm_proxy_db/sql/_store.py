@@ -142,7 +142,9 @@ class SqlStores:
     def create_project(self, project: Project) -> Project:
         try:
             self._ex.execute(self._s.insert_project, self._codec.project_params(project))
-        except IntegrityViolation:
+        except IntegrityViolation as exc:
+            if exc.kind != "unique":
+                raise
             raise ProjectExistsError(
                 f"a project with id {project.id!r} or name {project.name!r} already exists"
             ) from None
@@ -167,7 +169,9 @@ class SqlStores:
         )
         try:
             rows = self._ex.query(self._s.update_project, params)
-        except IntegrityViolation:
+        except IntegrityViolation as exc:
+            if exc.kind != "unique":
+                raise
             raise ProjectExistsError(f"a project named {project.name!r} already exists") from None
         if not rows:
             raise _project_not_found(project.id)
@@ -187,6 +191,8 @@ class SqlStores:
         except IntegrityViolation as exc:
             if exc.kind == "foreign_key":
                 raise _project_not_found(token.project_id) from None
+            if exc.kind != "unique":
+                raise
             raise TokenExistsError(f"token {mask_token(token.token)} already exists") from None
         return token
 
@@ -265,7 +271,9 @@ class SqlStores:
     def create_audit_event(self, event: AuditEvent) -> AuditEvent:
         try:
             self._ex.execute(self._s.insert_audit, self._codec.audit_params(event))
-        except IntegrityViolation:
+        except IntegrityViolation as exc:
+            if exc.kind != "unique":
+                raise
             raise AlreadyExistsError(
                 f"an audit event with id {event.id!r} already exists"
             ) from None

@@ -211,6 +211,16 @@ class AuditTests(ConformanceBase):
             assert db.list_audit_events(flt) == [hit], f"search {query!r} in {field}"
             assert db.count_audit_events(flt) == 1
 
+    @pytest.mark.parametrize("field", ["reason", "metadata"])
+    def test_search_is_case_insensitive_beyond_ascii(self, db: DB, field: str) -> None:
+        text = "Größe ÜBER Straße ΣΟΦΙΑ"
+        value: Any = {"note": text} if field == "metadata" else text
+        (hit,) = self.given_events(db, {field: value})
+        self.given_events(db, {field: {"note": "ascii"} if field == "metadata" else "ascii"})
+        for query in ("über", "ÜBER", "σοφια", "größe"):
+            flt = AuditEventFilter(search=query)
+            assert db.list_audit_events(flt) == [hit], f"search {query!r} in {field}"
+
     @pytest.mark.parametrize(
         ("query", "matching", "not_matching"),
         [

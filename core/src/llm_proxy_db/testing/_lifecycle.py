@@ -181,6 +181,15 @@ class LifecycleTests(ConformanceBase):
             assert tx.count_audit_events() == 0
             assert tx.stats().projects == 0
 
+    def test_transaction_object_refuses_work_after_its_block(self, db: DB) -> None:
+        with db.transaction() as tx:
+            tx.create_project(self.new_project(name="inside"))
+        with pytest.raises(DatabaseError, match="transaction has ended"):
+            tx.create_project(self.new_project(name="after"))
+        with pytest.raises(DatabaseError):
+            tx.list_projects()
+        assert [p.name for p in db.list_projects()] == ["inside"]
+
     # -- stats --------------------------------------------------------------------------
 
     def test_stats_of_empty_database(self, db: DB) -> None:
