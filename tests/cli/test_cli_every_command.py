@@ -145,7 +145,7 @@ def test_every_command(cli: Cli, name: str, as_json: bool) -> None:
 
     out = run("health")
     assert (
-        out == {"ok": True, "backend": "sqlite", "schema_version": 4, "latest": 4}
+        out == {"ok": True, "backend": "sqlite", "schema_version": 100, "latest": 100}
         if as_json
         else "status:  ok" in out
     )
@@ -160,20 +160,22 @@ def test_every_command(cli: Cli, name: str, as_json: bool) -> None:
 
     out = run("migrate", "status")
     if as_json:
-        assert [(m["version"], m["applied"]) for m in out] == [(v, True) for v in (1, 2, 3, 4)]
+        assert [(m["version"], m["applied"]) for m in out] == [(v, True) for v in (1, 2, 3, 100)]
     else:
         assert out.splitlines()[0].split() == ["VERSION", "NAME", "STATUS", "APPLIED", "AT"]
 
     out = run("migrate", "version")
-    assert out == ({"version": 4, "latest": 4} if as_json else "4 (latest shipped: 4)\n")
+    assert out == ({"version": 100, "latest": 100} if as_json else "100 (latest shipped: 100)\n")
 
     out = run("migrate", "down")
     assert out == (
-        {"rolled_back": 4, "version": 3} if as_json else "Rolled back 4; now at version 3.\n"
+        {"rolled_back": 100, "version": 3} if as_json else "Rolled back 100; now at version 3.\n"
     )
 
     out = run("migrate", "up")
-    assert out == ({"applied": [4], "version": 4} if as_json else "Applied 4; now at version 4.\n")
+    assert out == (
+        {"applied": [100], "version": 100} if as_json else "Applied 100; now at version 100.\n"
+    )
 
     out = run("token", "delete", "-", "--yes", input=token + "\n")
     assert out == (

@@ -149,7 +149,7 @@ def test_shipped_files_parse(dialect: str) -> None:
         (1, "initial_schema"),
         (2, "add_deactivation_columns"),
         (3, "add_cache_hit_count"),
-        (4, "add_hot_path_indexes"),
+        (100, "add_hot_path_indexes"),
     ]
     for migration in migrations:
         assert migration.up, migration.source

@@ -28,7 +28,7 @@ from llm_proxy_db.sql._migrate import (
 REPO = Path(__file__).resolve().parents[2]
 SQLITE_FILES = REPO / "backends/sqlite/src/llm_proxy_db_sqlite/migrations"
 POSTGRES_FILES = REPO / "backends/postgres/src/llm_proxy_db_postgres/migrations"
-ALL = [1, 2, 3, 4]
+ALL = [1, 2, 3, 100]  # 1-3 are the Go llm-proxy's; this package numbers from 100
 
 ISSUE_3_INDEXES = {
     "idx_projects_name",
@@ -170,10 +170,10 @@ def _user_tables(path: Path) -> set[str]:
 
 def test_up_applies_every_version_with_goose_rows(migrations: Migrations, db_path: Path) -> None:
     before = datetime.now(UTC)
-    assert migrations.latest == 4
+    assert migrations.latest == 100
     assert migrations.up() == ALL
-    assert migrations.version() == 4
-    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+    assert migrations.version() == 100
+    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
     stamps = [row[0] for row in _rows(db_path, "SELECT tstamp FROM goose_db_version")]
     for stamp in stamps:  # the codec's UTC text, e.g. '2024-05-01 12:00:00.123+00:00'
         assert isinstance(stamp, str)
@@ -184,7 +184,7 @@ def test_up_applies_every_version_with_goose_rows(migrations: Migrations, db_pat
         (1, "initial_schema", True),
         (2, "add_deactivation_columns", True),
         (3, "add_cache_hit_count", True),
-        (4, "add_hot_path_indexes", True),
+        (100, "add_hot_path_indexes", True),
     ]
     for entry in status:
         assert isinstance(entry, MigrationStatus)
@@ -217,20 +217,27 @@ def test_up_to_target_then_rest(migrations: Migrations) -> None:
         (1, True),
         (2, True),
         (3, False),
-        (4, False),
+        (100, False),
     ]
     assert migrations.status()[2].applied_at is None
     assert migrations.up(target=2) == []
-    assert migrations.up() == [3, 4]
-    with pytest.raises(MigrationError, match="cannot migrate up to version 5"):
-        migrations.up(target=5)
+    assert migrations.up(target=50) == [3]  # a target between files: up to the one below
+    assert migrations.up() == [100]
+    with pytest.raises(MigrationError, match="cannot migrate up to version 101"):
+        migrations.up(target=101)
 
 
 def test_down_one_version_at_a_time(migrations: Migrations, db_path: Path) -> None:
     migrations.up()
-    assert migrations.down() == 4
+    assert migrations.down() == 100  # straight back to the Go program's version 3
     assert migrations.version() == 3
     assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert [(s.version, s.applied) for s in migrations.status()] == [
+        (1, True),
+        (2, True),
+        (3, True),
+        (100, False),
+    ]
     assert migrations.down() == 3
     assert "cache_hit_count" not in _columns(db_path, "tokens")
     assert migrations.down() == 2
@@ -242,7 +249,7 @@ def test_down_one_version_at_a_time(migrations: Migrations, db_path: Path) -> No
     assert _goose_rows(db_path) == [(0, 1)]
     assert migrations.version() == 0
     assert migrations.up() == ALL  # and back up again
-    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
 
 
 def _columns(path: Path, table: str) -> list[str]:
@@ -324,23 +331,99 @@ def test_hot_queries_use_an_index_without_sorting(
 def test_newer_schema_is_refused(migrations: Migrations, db_path: Path) -> None:
     migrations.up()
     conn = _sqlite_connect(db_path)
-    conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (99, 1)")
+    conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (199, 1)")
     conn.close()
     message = (
-        "database schema version 99 is newer than the newest migration this package "
-        "ships (4): upgrade llm-proxy-db-sqlite"
+        "database schema version 199 is newer than the newest migration this package "
+        "ships (100): upgrade llm-proxy-db-sqlite"
     )
     for call in (migrations.up, migrations.check_schema, migrations.down):
         with pytest.raises(MigrationError) as info:
             call()
         assert str(info.value) == message
-    assert migrations.version() == 99
+    assert migrations.version() == 199
     status = migrations.status()
-    assert [(s.version, s.name, s.applied) for s in status][-1] == (99, "", True)
-    assert _goose_rows(db_path)[-1] == (99, 1)  # nothing touched
+    assert [(s.version, s.name, s.applied) for s in status][-1] == (199, "", True)
+    assert _goose_rows(db_path)[-1] == (199, 1)  # nothing touched
 
 
-def _broken_source(tmp_path: Path, body: str, name: str = "00005_broken.sql") -> Path:
+def _go_database(path: Path, go_versions: Sequence[int]) -> None:
+    """What the Go llm-proxy leaves: our versions 1-3 (the same schema), then its own."""
+    Migrations(SQLITE_FILES, SqliteTarget(path)).up(target=3)
+    conn = _sqlite_connect(path)
+    for version in go_versions:
+        conn.execute(
+            "INSERT INTO goose_db_version (version_id, is_applied) VALUES (?, 1)", (version,)
+        )
+    conn.close()
+
+
+def test_applied_version_no_file_has_is_refused(migrations: Migrations, db_path: Path) -> None:
+    """A Go llm-proxy database at version 5: its versions 4 and 5 are not ours."""
+    _go_database(db_path, [4, 5])
+    rows = _goose_rows(db_path)
+    for call in (migrations.up, migrations.check_schema, migrations.down):
+        with pytest.raises(MigrationError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(
+            "database has applied migration versions 4, 5 that this package does not ship: "
+            "it was migrated by another program (the Go llm-proxy?)"
+        )
+        assert "llm-proxy-db-sqlite" in message
+        assert "1, 2, 3, 100" in message  # what it does ship
+        assert message.endswith("refusing to run on an unknown schema")
+    assert _goose_rows(db_path) == rows  # nothing touched: 100 was not applied on top
+    assert migrations.version() == 5
+    assert [(s.version, s.name, s.applied) for s in migrations.status()] == [
+        (1, "initial_schema", True),
+        (2, "add_deactivation_columns", True),
+        (3, "add_cache_hit_count", True),
+        (4, "", True),
+        (5, "", True),
+        (100, "add_hot_path_indexes", False),
+    ]
+
+
+def test_one_unknown_version_even_below_ours_is_refused(
+    migrations: Migrations, db_path: Path
+) -> None:
+    """Go's version 4 alone (its token id column): once indistinguishable, now refused."""
+    _go_database(db_path, [4])
+    with pytest.raises(MigrationError, match=r"applied migration version 4 that") as info:
+        migrations.check_schema()
+    assert "unknown schema" in str(info.value)
+    # ... also with our own version 100 on top (a database migrated by both programs)
+    conn = _sqlite_connect(db_path)
+    conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (100, 1)")
+    conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (150, 1)")
+    conn.close()
+    with pytest.raises(MigrationError, match=r"versions 4, 150 that .* unknown schema"):
+        migrations.up()
+
+
+def test_long_unknown_version_lists_are_shortened(migrations: Migrations, db_path: Path) -> None:
+    _go_database(db_path, range(4, 30))
+    with pytest.raises(MigrationError) as info:
+        migrations.check_schema()
+    assert "versions 4, 5, 6, 7, 8, 9, 10, ..., 29 (26 versions) that" in str(info.value)
+
+
+def test_rolled_back_and_zero_versions_are_not_unknown(
+    migrations: Migrations, db_path: Path
+) -> None:
+    """Only applied versions count: goose's row 0, and a version whose newest row says
+    rolled back (older goose kept such rows), are not an unknown schema."""
+    _go_database(db_path, [4])
+    conn = _sqlite_connect(db_path)
+    conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (4, 0)")
+    conn.close()
+    migrations.check_schema()
+    assert migrations.up() == [100]
+    assert migrations.version() == 100
+
+
+def _broken_source(tmp_path: Path, body: str, name: str = "00101_broken.sql") -> Path:
     source = tmp_path / "migrations"
     shutil.copytree(SQLITE_FILES, source)
     (source / name).write_text(body)
@@ -361,24 +444,24 @@ def test_failing_file_rolls_back_and_names_the_file(tmp_path: Path, db_path: Pat
     with pytest.raises(MigrationError) as info:
         migrations.up()
     message = str(info.value)
-    assert "00005_broken.sql" in message
-    assert "version 5" in message
+    assert "00101_broken.sql" in message
+    assert "version 101" in message
     assert "statement 3 of 3" in message
     assert "no_such_table" in message
     assert "rolled back" in message
     assert isinstance(info.value.__cause__, sqlite3.Error)
-    assert migrations.version() == 4  # versions 1-4 committed, 5 not at all
+    assert migrations.version() == 100  # versions 1-100 committed, 101 not at all
     assert "half_done" not in _user_tables(db_path)
-    assert _goose_rows(db_path)[-1] == (4, 1)
+    assert _goose_rows(db_path)[-1] == (100, 1)
     # a failing Down leaves the version applied
-    source.joinpath("00005_broken.sql").write_text(
+    source.joinpath("00101_broken.sql").write_text(
         "-- +goose Up\nCREATE TABLE ok (x INTEGER);\n-- +goose Down\nDROP TABLE nope;\n"
     )
     migrations = Migrations(source, SqliteTarget(db_path))  # files are read once, on creation
-    assert migrations.up() == [5]
-    with pytest.raises(MigrationError, match=r"00005_broken\.sql \(version 5, down\)"):
+    assert migrations.up() == [101]
+    with pytest.raises(MigrationError, match=r"00101_broken\.sql \(version 101, down\)"):
         migrations.down()
-    assert migrations.version() == 5
+    assert migrations.version() == 101
     assert "ok" in _user_tables(db_path)
 
 
@@ -417,7 +500,7 @@ def test_migration_error_is_not_wrapped_twice(tmp_path: Path, db_path: Path) -> 
     with pytest.raises(MigrationError) as info:
         migrations.up()
     assert info.value is error
-    assert migrations.version() == 4
+    assert migrations.version() == 100
 
 
 def test_no_transaction_file(tmp_path: Path, db_path: Path) -> None:
@@ -425,12 +508,12 @@ def test_no_transaction_file(tmp_path: Path, db_path: Path) -> None:
         tmp_path,
         "-- +goose NO TRANSACTION\n-- +goose Up\nCREATE TABLE plain (x INTEGER);\n"
         "-- +goose Down\nDROP TABLE plain;\n",
-        "00005_plain.sql",
+        "00101_plain.sql",
     )
     migrations = Migrations(source, SqliteTarget(db_path))
-    assert migrations.up() == [1, 2, 3, 4, 5]
+    assert migrations.up() == [*ALL, 101]
     assert "plain" in _user_tables(db_path)
-    assert migrations.down() == 5
+    assert migrations.down() == 101
     assert "plain" not in _user_tables(db_path)
 
 
@@ -480,7 +563,7 @@ def test_processes_racing_apply_each_version_once(db_path: Path) -> None:
     assert all(kind == "ok" for kind, _ in outcomes), outcomes
     applied = sorted(v for _, versions in outcomes for v in versions)
     assert applied == ALL
-    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
@@ -562,11 +645,11 @@ def test_postgres_files_up_and_down(pg_url: str) -> None:
     migrations = Migrations(POSTGRES_FILES, PostgresTarget(pg_url))
     assert migrations.up() == ALL
     assert migrations.up() == []
-    assert migrations.version() == 4
+    assert migrations.version() == 100
     rows = _pg_rows(
         pg_url, "SELECT version_id, is_applied, tstamp FROM goose_db_version ORDER BY id"
     )
-    assert [(r[0], r[1]) for r in rows] == [(0, True), (1, True), (2, True), (3, True), (4, True)]
+    assert [(r[0], r[1]) for r in rows] == [(0, True), *((v, True) for v in ALL)]
     for _, _, tstamp in rows:  # naive UTC written by the runner, not the server's now()
         assert tstamp.tzinfo is None
         assert before - timedelta(seconds=1) <= tstamp <= datetime.now(UTC).replace(tzinfo=None)
@@ -607,7 +690,7 @@ def test_postgres_files_up_and_down(pg_url: str) -> None:
         ("is_applied", "boolean"),
         ("tstamp", "timestamp without time zone"),
     ]
-    for version in (4, 3, 2, 1):
+    for version in (100, 3, 2, 1):
         assert migrations.down() == version
     assert migrations.down() is None
     leftover = _pg_rows(
@@ -622,19 +705,32 @@ def test_postgres_files_up_and_down(pg_url: str) -> None:
 def test_postgres_failing_file_rolls_back(pg_url: str, tmp_path: Path) -> None:
     source = tmp_path / "pg"
     shutil.copytree(POSTGRES_FILES, source)
-    (source / "00005_broken.sql").write_text(
+    (source / "00101_broken.sql").write_text(
         "-- +goose Up\nCREATE TABLE half_done (x INTEGER);\n"
         "-- +goose StatementBegin\nDO $$ BEGIN RAISE EXCEPTION 'boom'; END $$;\n"
         "-- +goose StatementEnd\n"
     )
     migrations = Migrations(source, PostgresTarget(pg_url))
-    with pytest.raises(MigrationError, match=r"00005_broken\.sql \(version 5, up\).*boom"):
+    with pytest.raises(MigrationError, match=r"00101_broken\.sql \(version 101, up\).*boom"):
         migrations.up()
-    assert migrations.version() == 4
+    assert migrations.version() == 100
     assert _pg_rows(pg_url, "SELECT to_regclass('half_done') IS NULL") == [(True,)]
     with pytest.raises(MigrationError, match="upgrade llm-proxy-db-postgres"):
-        _pg_rows(pg_url, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (7, true)")
+        _pg_rows(pg_url, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (107, true)")
         Migrations(POSTGRES_FILES, PostgresTarget(pg_url)).up()
+
+
+def test_postgres_unknown_applied_version_is_refused(pg_url: str) -> None:
+    migrations = Migrations(POSTGRES_FILES, PostgresTarget(pg_url))
+    assert migrations.up(target=3) == [1, 2, 3]
+    _pg_rows(pg_url, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (4, true)")
+    _pg_rows(pg_url, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (5, true)")
+    for call in (migrations.up, migrations.check_schema, migrations.down):
+        with pytest.raises(MigrationError, match=r"^database has applied migration versions 4, 5"):
+            call()
+    rows = _pg_rows(pg_url, "SELECT version_id FROM goose_db_version ORDER BY id")
+    assert [r[0] for r in rows] == [0, 1, 2, 3, 4, 5]  # untouched
+    assert _pg_rows(pg_url, "SELECT to_regclass('idx_audit_timestamp_id') IS NULL") == [(True,)]
 
 
 def _pg_race_up(url: str, barrier: Any, results: Any) -> None:

@@ -3,6 +3,7 @@ and the shipped migrations reproducing the Go llm-proxy's PostgreSQL schema."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -15,12 +16,16 @@ from psycopg import conninfo
 
 from llm_proxy_db import (
     DB,
+    AuditEvent,
+    AuditEventFilter,
     FullConfig,
     MigrationError,
     Project,
     Token,
     new_from_full_config,
 )
+from llm_proxy_db.sql import POSTGRES
+from llm_proxy_db.sql._statements import AUDIT_COLUMNS, Statements
 from llm_proxy_db_postgres import _backend
 
 if TYPE_CHECKING:
@@ -109,7 +114,7 @@ def test_up_waits_for_the_migration_lock_instead_of_failing(
 
     lock_holder.execute("SELECT pg_advisory_unlock(%s)", (_backend.MIGRATION_LOCK_ID,))
     worker.join(timeout=30)
-    assert outcome == [4]
+    assert outcome == [100]
     assert _migration_lock_holders(lock_holder) == []
 
 
@@ -139,8 +144,8 @@ def test_no_advisory_lock_is_left_after_a_run(
 ) -> None:
     with _open(postgres_url) as db:
         assert db.migrations.up() == []
-        assert db.migrations.down() == 4
-        assert db.migrations.up() == [4]
+        assert db.migrations.down() == 100
+        assert db.migrations.up() == [100]
         db.migrations.status()
         with psycopg.connect(postgres_server.url, autocommit=True) as conn:
             assert _migration_lock_holders(conn) == []
@@ -243,7 +248,7 @@ def test_migrations_reproduce_the_go_schema(postgres_url: str) -> None:
     assert {key: columns.get(key) for key in expected} == expected
     assert not any(data_type == "timestamp with time zone" for data_type, _ in columns.values())
     assert indexes >= GO_INDEXES
-    assert versions == [(version, True) for version in range(5)]
+    assert versions == [(version, True) for version in (0, 1, 2, 3, 100)]
 
 
 def test_timestamps_are_stored_as_naive_utc(postgres_url: str) -> None:
@@ -271,3 +276,155 @@ def test_timestamps_are_stored_as_naive_utc(postgres_url: str) -> None:
     slack = timedelta(seconds=1)
     assert before - slack <= created.replace(tzinfo=UTC) <= after + slack
     assert before - slack <= last_used.replace(tzinfo=UTC) <= after + slack
+
+
+def test_applied_version_no_file_has_is_refused_on_open(postgres_url: str) -> None:
+    """A database the Go llm-proxy took past version 3 (its own 4 and 5)."""
+    with _open(postgres_url) as db:
+        assert db.migrations.down() == 100
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (4, true)")
+        conn.execute("INSERT INTO goose_db_version (version_id, is_applied) VALUES (5, true)")
+    for auto_migrate in (True, False):
+        with pytest.raises(MigrationError) as caught:
+            _open(postgres_url, auto_migrate=auto_migrate)
+        message = str(caught.value)
+        assert message.startswith("database has applied migration versions 4, 5 that this")
+        assert "llm-proxy-db-postgres" in message
+        assert message.endswith("refusing to run on an unknown schema")
+    with psycopg.connect(postgres_url) as conn:
+        versions = conn.execute("SELECT version_id FROM goose_db_version ORDER BY id").fetchall()
+    assert [v for (v,) in versions] == [0, 1, 2, 3, 4, 5]
+
+
+# -- ordering: text by code point, and still read from the hot-path indexes ---------------
+
+
+def _plan(conn: psycopg.Connection[Any], statement: str, params: list[Any]) -> str:
+    rows = conn.execute("EXPLAIN " + statement, params).fetchall()
+    return "\n".join(row[0] for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("flt", "index"),
+    [
+        (AuditEventFilter(project_id="p3", limit=50), "idx_audit_project_timestamp"),
+        (AuditEventFilter(limit=50), "idx_audit_timestamp_id"),
+        (AuditEventFilter(limit=50, offset=5000), "idx_audit_timestamp_id"),
+    ],
+    ids=["project", "all", "all-page-101"],
+)
+def test_newest_audit_events_first_read_the_index_without_sorting(
+    postgres_url: str, flt: AuditEventFilter, index: str
+) -> None:
+    """The audit listing orders ``id COLLATE "C"``; migration 00100 builds its indexes with
+    that collation, so the planner walks them backwards instead of sorting (an index on
+    plain ``id`` would need an incremental sort). 20,000 events, 200 projects, three
+    events per second (so the id tiebreak matters)."""
+    statements = Statements(POSTGRES)
+    where, params = statements.codec.audit_where(flt)
+    query = f"SELECT {AUDIT_COLUMNS} FROM audit_events{where} {statements.audit_order}"
+    query += " LIMIT ? OFFSET ?"
+    params += [flt.limit, flt.offset]
+    assert 'id COLLATE "C" DESC' in query
+    with _open(postgres_url), psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO audit_events (id, timestamp, action, actor, outcome, project_id) "
+            "SELECT 'evt-' || g, timestamp '2024-01-01' + (g / 3) * interval '1 second', "
+            "'token.use', 'proxy', 'success', 'p' || (g % 200) "
+            "FROM generate_series(1, 20000) AS g"
+        )
+        conn.execute("ANALYZE audit_events")
+        plan = _plan(conn, statements.sql(query), params)
+    assert f"Index Scan Backward using {index}" in plan, plan
+    assert "Sort" not in plan, plan  # neither a full sort nor an incremental one
+
+
+def test_a_projects_tokens_can_be_read_in_order_from_the_index(postgres_url: str) -> None:
+    """Without a LIMIT, sorting a project's few tokens may well be the cheaper plan, so
+    sorting is switched off: a plan without Sort exists only if an index supplies
+    ``created_at DESC, token COLLATE "C" DESC`` (one on plain ``token`` would not)."""
+    statements = Statements(POSTGRES)
+    with _open(postgres_url), psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO projects (id, name, openai_api_key) "
+            "SELECT 'p' || g, 'project ' || g, 'sk' FROM generate_series(0, 199) AS g"
+        )
+        conn.execute(
+            "INSERT INTO tokens (token, project_id, created_at) "
+            "SELECT 'tok-' || g, 'p' || (g % 200), timestamp '2024-01-01' + g * interval '1 s' "
+            "FROM generate_series(1, 20000) AS g"
+        )
+        conn.execute("ANALYZE tokens")
+        conn.execute("SET enable_sort = off")
+        conn.execute("SET enable_incremental_sort = off")
+        plan = _plan(conn, statements.list_project_tokens, ["p3"])
+    assert 'token COLLATE "C" DESC' in statements.list_project_tokens
+    assert "idx_tokens_project_created" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+def _non_c_collation_clause(conn: psycopg.Connection[Any]) -> str | None:
+    """CREATE DATABASE options giving a locale-aware (not byte-order) default collation,
+    from what the server has: a libc en_US locale, else ICU's en-US (PostgreSQL 15+)."""
+    row = conn.execute(
+        "SELECT collcollate FROM pg_collation WHERE collprovider = 'c' "
+        "AND collcollate ILIKE 'en_US.utf%' ORDER BY collname LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        return f"LC_COLLATE '{row[0]}' LC_CTYPE '{row[0]}'"
+    icu = conn.execute("SELECT 1 FROM pg_collation WHERE collname = 'en-US-x-icu'").fetchone()
+    if icu is not None and conn.info.server_version >= 150000:
+        return "LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+    return None
+
+
+@pytest.fixture
+def en_us_database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database whose default collation sorts 'a' before 'B' (dropped afterwards)."""
+    name = f"llm_proxy_db_en_us_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
+        clause = _non_c_collation_clause(admin)
+        if clause is None:
+            pytest.skip("the server has no en_US collation (libc or ICU) to create a database")
+        try:
+            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING UTF8 {clause}')
+        except psycopg.Error as exc:
+            pytest.skip(f"cannot create a database with {clause}: {exc}")
+    try:
+        url = conninfo.make_conninfo(postgres_server.admin_url, dbname=name)
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT 'a' < 'B'").fetchone()
+        if row is None or not row[0]:
+            pytest.skip(f"a database created with {clause} still sorts 'B' before 'a'")
+        yield url
+    finally:
+        with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_text_orders_by_code_point_whatever_the_database_collation(
+    en_us_database_url: str,
+) -> None:
+    """As SQLite (BINARY) and the memory backend (Python str) order: 'B' < 'a' < 'c'."""
+    created = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    with _open(en_us_database_url) as db:
+        projects = {
+            name: db.create_project(Project(name=name, openai_api_key="sk-upstream"))
+            for name in ("a", "B", "c")
+        }
+        assert [p.name for p in db.list_projects()] == ["B", "a", "c"]
+        for token in ("tok-a", "tok-B", "tok-c"):  # one instant: the token is the tiebreak
+            db.create_token(Token(project_id=projects["a"].id, token=token, created_at=created))
+        expected = ["tok-c", "tok-a", "tok-B"]  # newest first, then token descending
+        assert [t.token for t in db.list_tokens()] == expected
+        assert [t.token for t in db.list_tokens(projects["a"].id)] == expected
+        for event_id in ("evt-a", "evt-B", "evt-c"):
+            db.create_audit_event(
+                AuditEvent(id=event_id, action="a", actor="b", outcome="success", timestamp=created)
+            )
+        assert [e.id for e in db.list_audit_events()] == ["evt-c", "evt-a", "evt-B"]
+    with psycopg.connect(en_us_database_url) as conn:
+        # The database's own order differs: that is what COLLATE "C" is there for.
+        names = conn.execute("SELECT name FROM projects ORDER BY name").fetchall()
+        assert [n for (n,) in names] == ["a", "B", "c"]

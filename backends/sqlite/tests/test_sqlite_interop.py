@@ -23,6 +23,7 @@ from llm_proxy_db import (
     AuditEvent,
     AuditEventFilter,
     Config,
+    MigrationError,
     Project,
     Token,
     TokenExpiredError,
@@ -261,13 +262,13 @@ def test_database_built_by_go_opens_reads_updates_and_increments(
 
     with new(Config(path=str(db_path))) as db:
         # Upgraded from the Go program's version 3 to ours; goose's rows left as they were.
-        assert db.migrations.version() == 4
+        assert db.migrations.version() == 100
         status = db.migrations.status()
-        assert [(s.version, s.applied) for s in status] == [(v, True) for v in (1, 2, 3, 4)]
+        assert [(s.version, s.applied) for s in status] == [(v, True) for v in (1, 2, 3, 100)]
         assert all(s.applied_at is not None for s in status)  # datetime('now') text reads
         rows = raw_rows(db_path, "SELECT id, version_id, is_applied, tstamp FROM goose_db_version")
         assert rows[:4] == go_goose_rows
-        assert [(r[1], r[2]) for r in rows[4:]] == [(4, 1)]
+        assert [(r[1], r[2]) for r in rows[4:]] == [(100, 1)]
 
         # Read: every form of timestamp becomes an aware UTC datetime (microseconds).
         project = db.get_project_by_id("proj-go")
@@ -379,11 +380,40 @@ def test_go_database_keeps_working_after_reopening(db_path: Path) -> None:
     build_go_database(db_path, go_column_order=True)
     insert_go_rows(db_path)
     new(Config(path=str(db_path))).close()
-    with new(Config(path=str(db_path))) as db:  # already at version 4: nothing to apply
+    with new(Config(path=str(db_path))) as db:  # already at version 100: nothing to apply
         assert db.migrations.up() == []
         assert db.get_token_by_id("sk-go-token-limited").request_count == 5
     versions = raw_rows(db_path, "SELECT version_id FROM goose_db_version ORDER BY id")
-    assert [v for (v,) in versions] == [0, 1, 2, 3, 4]
+    assert [v for (v,) in versions] == [0, 1, 2, 3, 100]
+
+
+@pytest.mark.parametrize("auto_migrate", [True, False], ids=["migrating", "not-migrating"])
+def test_go_database_past_version_3_is_refused_on_open(
+    db_path: Path, open_db: OpenDB, auto_migrate: bool
+) -> None:
+    """The Go program's own later migrations number on from 4 (a token id column, ...):
+    a database it took to version 5 has a schema this package does not know."""
+    build_go_database(db_path)
+    insert_go_rows(db_path)
+    conn = sqlite3.connect(db_path)
+    with conn:
+        for version in (4, 5):
+            conn.execute(
+                "INSERT INTO goose_db_version (version_id, is_applied) VALUES (?, 1)", (version,)
+            )
+    conn.close()
+    before = raw_rows(db_path, "SELECT * FROM goose_db_version ORDER BY id")
+    with pytest.raises(MigrationError) as caught:
+        open_db(auto_migrate=auto_migrate)
+    message = str(caught.value)
+    assert message.startswith(
+        "database has applied migration versions 4, 5 that this package does not ship: "
+        "it was migrated by another program (the Go llm-proxy?)"
+    )
+    assert message.endswith("refusing to run on an unknown schema")
+    assert raw_rows(db_path, "SELECT * FROM goose_db_version ORDER BY id") == before
+    indexes = raw_rows(db_path, "SELECT name FROM sqlite_master WHERE name LIKE 'idx_audit_%_id'")
+    assert ("idx_audit_timestamp_id",) not in indexes  # 100 was not applied on top
 
 
 # -- expiry that Go wrote with a non-UTC offset compares by instant, not by text ---------
@@ -502,7 +532,7 @@ def test_database_created_here_has_the_go_schema(open_db: OpenDB, db_path: Path)
         (1, 1),
         (2, 1),
         (3, 1),
-        (4, 1),
+        (100, 1),
     ]
     assert [row[0] for row in goose] == sorted(row[0] for row in goose)
     assert all(STORED_TIMESTAMP.match(row[3]) for row in goose)

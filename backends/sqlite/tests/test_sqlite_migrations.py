@@ -13,7 +13,7 @@ from sqlite_support import OpenDB, race_migrate_up, raw_rows
 from llm_proxy_db import Config, MigrationError, Project, Token, new
 from llm_proxy_db.sql import SQLITE
 
-SHIPPED = [1, 2, 3, 4]
+SHIPPED = [1, 2, 3, 100]  # 1-3 are the Go llm-proxy's; ours number from 100
 
 
 def goose_rows(path: Path) -> list[tuple[int, int]]:
@@ -47,7 +47,7 @@ def test_new_database_is_at_the_newest_version_with_status(open_db: OpenDB, db_p
         assert entry.applied_at is not None
         assert entry.applied_at.utcoffset() == timedelta(0)
         assert before <= entry.applied_at <= datetime.now(UTC) + timedelta(seconds=1)
-    assert goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+    assert goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
     assert db.migrations.up() == []  # nothing left to do
 
 
@@ -63,7 +63,7 @@ def test_auto_migrate_false_leaves_a_new_file_at_version_zero(
     assert db.migrations.up(target=2) == [1, 2]
     assert db.migrations.version() == 2
     assert [s.applied for s in db.migrations.status()] == [True, True, False, False]
-    assert db.migrations.up() == [3, 4]
+    assert db.migrations.up() == [3, 100]
     project = db.create_project(Project(name="late", openai_api_key="sk-upstream"))
     assert db.get_project_by_id(project.id) == project
 
@@ -83,7 +83,7 @@ def test_down_then_up_keeps_the_data(open_db: OpenDB, db_path: Path) -> None:
             for (name,) in raw_rows(db_path, "SELECT name FROM sqlite_master WHERE type='index'")
         }
 
-    assert db.migrations.down() == 4
+    assert db.migrations.down() == 100
     assert db.migrations.version() == 3
     assert "idx_audit_project_timestamp" not in indexes()
     assert db.migrations.down() == 3
@@ -92,8 +92,8 @@ def test_down_then_up_keeps_the_data(open_db: OpenDB, db_path: Path) -> None:
     assert [s.applied for s in db.migrations.status()] == [True, True, False, False]
     assert goose_rows(db_path) == [(0, 1), (1, 1), (2, 1)]
 
-    assert db.migrations.up() == [3, 4]
-    assert db.migrations.version() == 4
+    assert db.migrations.up() == [3, 100]
+    assert db.migrations.version() == 100
     assert "cache_hit_count" in columns("tokens")
     assert "idx_audit_project_timestamp" in indexes()
     stored = db.get_token_by_id(token.token)
@@ -104,7 +104,7 @@ def test_down_then_up_keeps_the_data(open_db: OpenDB, db_path: Path) -> None:
 
 def test_down_all_the_way_then_up_again(open_db: OpenDB, db_path: Path) -> None:
     db = open_db()
-    assert [db.migrations.down() for _ in SHIPPED] == [4, 3, 2, 1]
+    assert [db.migrations.down() for _ in SHIPPED] == [100, 3, 2, 1]
     assert db.migrations.down() is None
     assert db.migrations.version() == 0
     assert table_names(db_path) & {"projects", "tokens", "audit_events"} == set()
@@ -119,16 +119,16 @@ def test_database_newer_than_this_package_is_refused(db_path: Path, open_db: Ope
     with conn:
         conn.execute(
             "INSERT INTO goose_db_version (version_id, is_applied, tstamp) "
-            "VALUES (99, 1, '2030-01-01 00:00:00')"
+            "VALUES (199, 1, '2030-01-01 00:00:00')"
         )
     conn.close()
-    with pytest.raises(MigrationError, match=r"version 99 is newer") as caught:
+    with pytest.raises(MigrationError, match=r"version 199 is newer") as caught:
         new(Config(path=str(db_path)))
-    assert "(4)" in str(caught.value)  # the newest version shipped
+    assert "(100)" in str(caught.value)  # the newest version shipped
     with pytest.raises(MigrationError, match="newer"):
         open_db(auto_migrate=False)  # checked even when not migrating
     # Refused means untouched: no row added or removed.
-    assert goose_rows(db_path)[-1] == (99, 1)
+    assert goose_rows(db_path)[-1] == (199, 1)
     assert len(goose_rows(db_path)) == 6
 
 
@@ -160,8 +160,8 @@ def test_two_processes_running_up_apply_each_version_once(db_path: Path) -> None
     assert all(kind == "ok" for kind, _ in outcomes), outcomes
     applied = sorted(version for _, versions in outcomes for version in versions)
     assert applied == SHIPPED
-    assert goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+    assert goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
     counts = raw_rows(
         db_path, "SELECT version_id, COUNT(*) FROM goose_db_version GROUP BY version_id"
     )
-    assert sorted(counts) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+    assert sorted(counts) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]

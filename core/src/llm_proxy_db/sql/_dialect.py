@@ -41,6 +41,15 @@ class Dialect:
     """One row, one column: the bytes the database (or this schema's tables) take."""
     comparable_time_template: str = "{column}"
     """SQL that makes a stored time column comparable with an encoded parameter."""
+    binary_collation: str = ""
+    """Appended to a text column in ORDER BY so it sorts by code point (byte order of the
+    UTF-8 text), as the memory backend's Python ``str`` comparison does: ``''`` where that
+    is already the default (SQLite's ``BINARY``), ``' COLLATE "C"'`` for PostgreSQL, whose
+    default follows the database's locale (under ``en_US``, ``'a' < 'B'``)."""
+
+    def binary_order(self, column: str) -> str:
+        """``column`` as an ORDER BY key that sorts text by code point."""
+        return f"{column}{self.binary_collation}"
 
     def comparable_time(self, column: str) -> str:
         """``column`` as an expression that compares correctly with ``encode_time`` values."""
@@ -97,4 +106,7 @@ POSTGRES = Dialect(
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
     ),
+    # The hot-path indexes (migration 00100) declare the same collation on these columns,
+    # so ORDER BY ... COLLATE "C" is still read from them.
+    binary_collation=' COLLATE "C"',
 )

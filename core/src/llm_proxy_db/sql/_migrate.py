@@ -10,7 +10,11 @@ CLI (and the Go llm-proxy) and this runner read each other's databases:
 * each file runs in its own transaction (unless it says ``-- +goose NO TRANSACTION``),
   and that transaction first re-reads the applied versions, so two processes running
   ``up`` at once never apply one version twice (SQLite: ``BEGIN IMMEDIATE`` serialises
-  them; PostgreSQL: the target holds an advisory lock for the whole run).
+  them; PostgreSQL: the target holds an advisory lock for the whole run);
+* a database with an applied version that no shipped file has is refused (before any
+  change): versions 1-3 are the Go llm-proxy's, its later ones number on from 4, and this
+  package's own number from 100, so a database the Go program migrated further is told
+  apart from one this package migrated.
 
 A backend supplies a :class:`MigrationTarget`; :class:`DbApiMigrationConnection` adapts
 any DB-API connection in autocommit mode.
@@ -144,6 +148,14 @@ def _backend(dialect: Dialect) -> str:
     return f"llm-proxy-db-{dialect.name}"
 
 
+def _version_list(versions: Sequence[int], most: int = 8) -> str:
+    """``4, 5, 6`` -- or, past ``most`` versions, the first few, ``...`` and the last."""
+    if len(versions) <= most:
+        return ", ".join(str(v) for v in versions)
+    head = ", ".join(str(v) for v in versions[: most - 1])
+    return f"{head}, ..., {versions[-1]} ({len(versions)} versions)"
+
+
 def _describe(statement: str) -> str:
     first = next((line.strip() for line in statement.splitlines() if line.strip()), "")
     return first if len(first) <= 80 else first[:77] + "..."
@@ -172,7 +184,8 @@ class Migrations:
     def up(self, target: int | None = None) -> list[int]:
         """Apply every pending version up to ``target`` (default: all); those it applied.
 
-        Refuses (``MigrationError``) a database newer than this package. A version that
+        Refuses (``MigrationError``) a database newer than this package, or one with an
+        applied version it does not ship (see :meth:`check_schema`). A version that
         another process applied meanwhile is skipped.
         """
         if target is not None and (target < 0 or target > self.latest):
@@ -234,7 +247,13 @@ class Migrations:
             return self._version(conn)
 
     def check_schema(self) -> None:
-        """``MigrationError`` when the database's version is newer than any shipped file."""
+        """``MigrationError`` unless this package knows every version the database has.
+
+        Refused: a version newer than any shipped file (upgrade this package), and any
+        other applied version no shipped file has (another program, such as the Go
+        llm-proxy, migrated the database: its schema is not the one this package expects).
+        goose's initial version 0 is always known.
+        """
         with self._target.migration_connection() as conn:
             self._check_schema(conn)
 
@@ -246,12 +265,26 @@ class Migrations:
         return max(self._applied(conn), default=0)
 
     def _check_schema(self, conn: MigrationConnection) -> None:
-        current = self._version(conn)
-        if current > self.latest:
+        if not self._has_version_table(conn):
+            return
+        applied = self._applied(conn)
+        unknown = sorted(set(applied) - set(self._by_version) - {0})
+        if not unknown:
+            return
+        if all(version > self.latest for version in unknown):
+            # Only versions past the newest file: a newer release of this package ran.
             raise MigrationError(
-                f"database schema version {current} is newer than the newest migration this "
-                f"package ships ({self.latest}): upgrade {_backend(conn.dialect)}"
+                f"database schema version {unknown[-1]} is newer than the newest migration "
+                f"this package ships ({self.latest}): upgrade {_backend(conn.dialect)}"
             )
+        plural = "s" if len(unknown) > 1 else ""
+        raise MigrationError(
+            f"database has applied migration version{plural} {_version_list(unknown)} that "
+            f"this package does not ship: it was migrated by another program (the Go "
+            f"llm-proxy?) or by another build of {_backend(conn.dialect)}, whose schema "
+            f"this package does not know (it ships versions "
+            f"{_version_list(sorted(self._by_version))}); refusing to run on an unknown schema"
+        )
 
     def _has_version_table(self, conn: MigrationConnection) -> bool:
         """Whether goose's table exists (call outside a transaction: a failed probe would

@@ -7,6 +7,7 @@ built. Columns are selected in the models' field order so rows feed the trusted 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,19 +181,34 @@ class Statements:
     insert_audit: str
     get_audit: str
     stats: str
+    audit_order: str
+    """The ORDER BY clause of audit listings (newest first, id as the tiebreak, by code
+    point), to append to an ad-hoc statement before it goes through :meth:`sql`."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.codec = RowCodec(dialect)
-        expires_at = dialect.comparable_time("expires_at")
         for name, text in _STATEMENTS.items():
-            setattr(self, name, dialect.sql(text.replace("{expires_at}", expires_at)))
+            setattr(self, name, dialect.sql(_fill(text, dialect)))
+        self.audit_order = _fill(_AUDIT_ORDER, dialect)
 
     def sql(self, statement: str) -> str:
         """An ad-hoc statement (one built from a filter) in this dialect's style."""
         return self.dialect.sql(statement)
 
 
+def _fill(template: str, dialect: Dialect) -> str:
+    """``template`` with its dialect-dependent parts: ``{expires_at}`` (the column made
+    comparable with encoded times) and ``{binary:COLUMN}`` (COLUMN sorting by code point,
+    so every backend orders text alike whatever the database's collation)."""
+    text = template.replace("{expires_at}", dialect.comparable_time("expires_at"))
+    return _BINARY.sub(lambda match: dialect.binary_order(match.group(1)), text)
+
+
+# Text ORDER BY keys are written {binary:column}: byte (code-point) order on every dialect.
+_BINARY = re.compile(r"\{binary:(\w+)\}")
+_AUDIT_ORDER = "ORDER BY timestamp DESC, {binary:id} DESC"
+_TOKEN_ORDER = "ORDER BY created_at DESC, {binary:token} DESC"
 _TOKEN_USABLE = (
     "is_active AND (expires_at IS NULL OR {expires_at} > ?) "
     "AND (max_requests IS NULL OR request_count < max_requests) "
@@ -208,7 +224,7 @@ _STATEMENTS: dict[str, str] = {
         f"updated_at = ? WHERE id = ? RETURNING {PROJECT_COLUMNS}"
     ),
     "delete_project": "DELETE FROM projects WHERE id = ?",
-    "list_projects": f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name",
+    "list_projects": f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY {{binary:name}}",
     "insert_token": _insert("tokens", TOKEN_COLUMNS),
     "get_token": f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?",
     "get_token_and_project_state": (
@@ -220,10 +236,9 @@ _STATEMENTS: dict[str, str] = {
         f"WHERE token = ? RETURNING {TOKEN_COLUMNS}"
     ),
     "delete_token": "DELETE FROM tokens WHERE token = ?",
-    "list_tokens": f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, token DESC",
+    "list_tokens": f"SELECT {TOKEN_COLUMNS} FROM tokens {_TOKEN_ORDER}",
     "list_project_tokens": (
-        f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE project_id = ? "
-        "ORDER BY created_at DESC, token DESC"
+        f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE project_id = ? {_TOKEN_ORDER}"
     ),
     "increment_usage": (
         "UPDATE tokens SET request_count = request_count + 1, last_used_at = ? "

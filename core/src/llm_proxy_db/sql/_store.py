@@ -287,7 +287,7 @@ class SqlStores:
 
     def list_audit_events(self, filter: AuditEventFilter | None = None) -> list[AuditEvent]:
         where, params = self._codec.audit_where(filter)
-        sql = f"SELECT {AUDIT_COLUMNS} FROM audit_events{where} ORDER BY timestamp DESC, id DESC"
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit_events{where} {self._s.audit_order}"
         if filter is not None and (filter.limit is not None or filter.offset):
             sql += " LIMIT ? OFFSET ?"
             params += [_NO_LIMIT if filter.limit is None else filter.limit, filter.offset]

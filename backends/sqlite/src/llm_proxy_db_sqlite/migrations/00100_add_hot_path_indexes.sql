@@ -1,6 +1,11 @@
 -- +goose Up
+-- Version 100, not 4: versions 1-3 are the Go llm-proxy's own, and its later migrations
+-- number on from 4; this package's own migrations number from 100 so the two never share a
+-- version (see README, "Interoperability with the Go llm-proxy").
+--
 -- Indexes matching the WHERE + ORDER BY of the hot queries (newest first, with the
--- primary key as the tiebreak), so no query sorts or scans a whole table:
+-- primary key as the tiebreak), so no query sorts or scans a whole table (text compares
+-- BINARY, i.e. byte order, here: the order PostgreSQL gets with COLLATE "C"):
 -- a project's audit events: WHERE project_id = ? ORDER BY timestamp DESC, id DESC
 CREATE INDEX IF NOT EXISTS idx_audit_project_timestamp ON audit_events(project_id, timestamp, id);
 -- all audit events, newest first, and time-range filters and retention deletes

@@ -1,0 +1,22 @@
+-- +goose Up
+-- Version 100, not 4: versions 1-3 are the Go llm-proxy's own, and its later migrations
+-- number on from 4; this package's own migrations number from 100 so the two never share a
+-- version (see README, "Interoperability with the Go llm-proxy").
+--
+-- Indexes matching the WHERE + ORDER BY of the hot queries (newest first, with the
+-- primary key as the tiebreak), so no query sorts or scans a whole table. The text
+-- tiebreaks are ordered COLLATE "C" (byte order, as in SQLite and the memory backend,
+-- whatever the database's collation), so the index columns carry that collation too:
+-- a project's audit events: WHERE project_id = ? ORDER BY timestamp DESC, id COLLATE "C" DESC
+CREATE INDEX IF NOT EXISTS idx_audit_project_timestamp
+    ON audit_events(project_id, timestamp, id COLLATE "C");
+-- all audit events, newest first, and time-range filters and retention deletes
+CREATE INDEX IF NOT EXISTS idx_audit_timestamp_id ON audit_events(timestamp, id COLLATE "C");
+-- a project's tokens: WHERE project_id = ? ORDER BY created_at DESC, token COLLATE "C" DESC
+CREATE INDEX IF NOT EXISTS idx_tokens_project_created
+    ON tokens(project_id, created_at, token COLLATE "C");
+
+-- +goose Down
+DROP INDEX IF EXISTS idx_tokens_project_created;
+DROP INDEX IF EXISTS idx_audit_timestamp_id;
+DROP INDEX IF EXISTS idx_audit_project_timestamp;
