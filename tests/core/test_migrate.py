@@ -134,7 +134,9 @@ class SqliteTarget:
         finally:
             conn.close()
 
-    def migration_connection(self) -> AbstractContextManager[MigrationConnection]:
+    def migration_connection(
+        self, *, exclusive: bool = True
+    ) -> AbstractContextManager[MigrationConnection]:
         return self._connection()
 
 
@@ -489,12 +491,14 @@ def test_migration_error_is_not_wrapped_twice(tmp_path: Path, db_path: Path) -> 
 
     class Target:
         @contextmanager
-        def _connection(self) -> Iterator[MigrationConnection]:
-            with inner.migration_connection() as conn:
+        def _connection(self, exclusive: bool) -> Iterator[MigrationConnection]:
+            with inner.migration_connection(exclusive=exclusive) as conn:
                 yield _Refusing(conn, error)
 
-        def migration_connection(self) -> AbstractContextManager[MigrationConnection]:
-            return self._connection()
+        def migration_connection(
+            self, *, exclusive: bool = True
+        ) -> AbstractContextManager[MigrationConnection]:
+            return self._connection(exclusive)
 
     migrations = Migrations(source, Target())
     with pytest.raises(MigrationError) as info:
@@ -618,7 +622,9 @@ class PostgresTarget:
         finally:
             conn.close()
 
-    def migration_connection(self) -> AbstractContextManager[MigrationConnection]:
+    def migration_connection(
+        self, *, exclusive: bool = True
+    ) -> AbstractContextManager[MigrationConnection]:
         return self._connection()
 
 

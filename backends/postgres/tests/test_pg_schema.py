@@ -118,6 +118,20 @@ def test_up_waits_for_the_migration_lock_instead_of_failing(
     assert _migration_lock_holders(lock_holder) == []
 
 
+def test_read_only_migration_calls_do_not_wait_for_a_running_migration(
+    postgres_url: str, lock_holder: psycopg.Connection[Any]
+) -> None:
+    # Another process is migrating (it holds the lock): status, version and opening
+    # without auto-migration answer at once instead of queueing behind it.
+    started = time.monotonic()
+    with _open(postgres_url, auto_migrate=False) as db:
+        assert db.migrations.version() == 0
+        assert [s.applied for s in db.migrations.status()] == [False, False, False, False]
+        db.migrations.check_schema()
+    assert time.monotonic() - started < 5
+    assert _migration_lock_holders(lock_holder) != []  # the holder still has it
+
+
 def test_up_gives_up_after_the_lock_timeout_with_a_clear_migration_error(
     postgres_url: str, lock_holder: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

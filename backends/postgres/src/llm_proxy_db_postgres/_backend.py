@@ -190,8 +190,9 @@ class PostgresBackend(SqlStores):
             raise self._translate(exc) from None
 
     @contextmanager
-    def migration_connection(self) -> Iterator[DbApiMigrationConnection]:
-        """One dedicated connection holding goose's advisory lock for the whole run."""
+    def migration_connection(self, *, exclusive: bool = True) -> Iterator[DbApiMigrationConnection]:
+        """One dedicated connection; when ``exclusive``, holding goose's advisory lock for
+        the whole run (read-only calls never wait for another process's migration)."""
         try:
             conn = psycopg.connect(self._url, autocommit=True)
         except psycopg.Error as exc:
@@ -199,6 +200,9 @@ class PostgresBackend(SqlStores):
                 f"cannot connect to run migrations: {translate_error(exc)}"
             ) from None
         try:
+            if not exclusive:
+                yield DbApiMigrationConnection(conn, POSTGRES)
+                return
             self._lock(conn)
             try:
                 yield DbApiMigrationConnection(conn, POSTGRES)

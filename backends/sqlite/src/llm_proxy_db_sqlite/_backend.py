@@ -146,6 +146,7 @@ class SQLiteBackend(SqlStores):
             yield stores
 
     @contextmanager
-    def migration_connection(self) -> Iterator[DbApiMigrationConnection]:
+    def migration_connection(self, *, exclusive: bool = True) -> Iterator[DbApiMigrationConnection]:
+        # Each file's BEGIN IMMEDIATE transaction serialises writers: no lock is needed.
         with self._pool.connection() as conn:
             yield DbApiMigrationConnection(conn, SQLITE)

@@ -71,11 +71,16 @@ class MigrationConnection(Protocol):
 class MigrationTarget(Protocol):
     """What a backend hands the runner."""
 
-    def migration_connection(self) -> AbstractContextManager[MigrationConnection]:
-        """A connection exclusive to one run.
+    def migration_connection(
+        self, *, exclusive: bool = True
+    ) -> AbstractContextManager[MigrationConnection]:
+        """A connection for one run of the runner.
 
+        ``exclusive`` (``up``/``down``): no other run may change the schema meanwhile;
         PostgreSQL holds ``pg_advisory_lock`` on this one dedicated connection for the
-        whole run (taken and released on it); SQLite simply hands out one connection.
+        whole run (taken and released on it). Read-only calls (``status``, ``version``,
+        ``check_schema``) pass ``exclusive=False`` and must not wait for a running
+        migration. SQLite simply hands out one connection either way.
         """
         ...
 
@@ -225,7 +230,7 @@ class Migrations:
 
     def status(self) -> list[MigrationStatus]:
         """Every shipped version, and every applied one no file knows, by version."""
-        with self._target.migration_connection() as conn:
+        with self._target.migration_connection(exclusive=False) as conn:
             applied = self._applied(conn) if self._has_version_table(conn) else {}
         versions = sorted(set(self._by_version) | (set(applied) - {0}))
         result = []
@@ -243,7 +248,7 @@ class Migrations:
 
     def version(self) -> int:
         """The newest applied version; 0 when none is (or there is no version table)."""
-        with self._target.migration_connection() as conn:
+        with self._target.migration_connection(exclusive=False) as conn:
             return self._version(conn)
 
     def check_schema(self) -> None:
@@ -254,7 +259,7 @@ class Migrations:
         llm-proxy, migrated the database: its schema is not the one this package expects).
         goose's initial version 0 is always known.
         """
-        with self._target.migration_connection() as conn:
+        with self._target.migration_connection(exclusive=False) as conn:
             self._check_schema(conn)
 
     # -- internals ---------------------------------------------------------------------
