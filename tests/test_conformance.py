@@ -86,17 +86,18 @@ class TestFake(StoreConformance):
 """
 
 
+def _run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run a pytester file in process, without the plugins that only slow it down."""
+    plugins = ("no:cacheprovider", "no:hypothesispytest", "no:benchmark")
+    return pytester.runpytest_inprocess(*(arg for p in plugins for arg in ("-p", p)), *args)
+
+
 def test_expected_failure_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
     from llm_proxy_db.testing._safety import _INVALID_MODELS
 
     pytester.makepyfile(test_fake=_FAKE_BACKEND)
-    result = pytester.runpytest_inprocess(
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:hypothesispytest",
-        "-p",
-        "no:benchmark",
+    result = _run_inner(
+        pytester,
         "-rs",
         "-k",
         "normalise_datetimes or reject_invalid or survives",
@@ -114,13 +115,8 @@ def test_expected_failure_that_fails_is_xfailed(pytester: pytest.Pytester) -> No
             "test_models_normalise_datetimes_to_utc", "test_data_survives_reopen"
         ).replace("frozenset()", "frozenset({'persistent'})")
     )
-    result = pytester.runpytest_inprocess(
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:hypothesispytest",
-        "-p",
-        "no:benchmark",
+    result = _run_inner(
+        pytester,
         "-k",
         "data_survives_reopen",
     )
@@ -136,13 +132,8 @@ def test_base_class_collects_nothing_and_demands_override(pytester: pytest.Pytes
             "    pass\n"
         ),
     )
-    result = pytester.runpytest_inprocess(
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:hypothesispytest",
-        "-p",
-        "no:benchmark",
+    result = _run_inner(
+        pytester,
         "-k",
         "health_check",
     )
