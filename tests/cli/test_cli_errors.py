@@ -1,9 +1,30 @@
-"""Bad configuration and input: one line on stderr, the right exit code, no traceback."""
+"""Bad configuration and input: one line on stderr, the right exit code, no traceback; and
+the hint after each message, chosen by the error's class and attributes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import click
+import pytest
+
+import llm_proxy_db
+from llm_proxy_db import (
+    ConfigError,
+    DatabaseError,
+    MigrationError,
+    ProjectInactiveError,
+    ProjectNotFoundError,
+    TokenExistsError,
+    TokenExpiredError,
+    TokenInactiveError,
+    TokenLimitReachedError,
+    TransientError,
+)
+from llm_proxy_db.cli._app import _describe, _public_type
+from llm_proxy_db.cli._migrate import NoMigrationsError
+from llm_proxy_db.cli._usage import HintedBadParameter, HintedUsageError
 
 from .conftest import API_KEY, Cli
 
@@ -47,3 +68,97 @@ def test_out_of_range_values_are_usage_errors_that_change_nothing(cli: Cli) -> N
     assert "--quiet and --json" in both.err
     assert cli("--json", "token", "list").json() == []
     assert cli("--json", "audit", "count", "--action", "token.create").json() == {"count": 0}
+
+
+def _library_errors() -> list[type[DatabaseError]]:
+    return [
+        value
+        for name in llm_proxy_db.__all__
+        if isinstance(value := getattr(llm_proxy_db, name), type)
+        and issubclass(value, DatabaseError)
+    ]
+
+
+@pytest.mark.parametrize("kind", _library_errors(), ids=lambda kind: kind.__name__)
+def test_every_library_error_gets_its_message_then_a_hint(kind: type[DatabaseError]) -> None:
+    code, line = _describe(kind("what happened; said by the library"))
+    assert code == (2 if issubclass(kind, ConfigError) else 1)
+    message, hint = line.split("; said by the library; ")
+    assert message == "what happened" and hint  # the message as is, the hint always after it
+    assert _public_type(kind("x")) == kind.__name__
+
+
+PROJECT = "6f1c7c1e-0b7e-4a55-9d4f-2f1d9d6f1b2a"
+MASKED = "sk-Ab...xyz9"
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            TokenLimitReachedError(
+                "token sk-Ab...xyz9 has used all of its 3 requests",
+                masked_token=MASKED,
+                project_id=PROJECT,
+                max_requests=3,
+            ),
+            "token sk-Ab...xyz9 has used all of its 3 requests; reset its count with "
+            "'llm-proxy-db token reset-usage sk-Ab...xyz9' or issue a new token with "
+            f"'llm-proxy-db token create --project {PROJECT}'",
+        ),
+        (
+            TokenLimitReachedError("used up"),
+            "used up; reset its count with 'llm-proxy-db token reset-usage' or issue a new "
+            "token with 'llm-proxy-db token create'",
+        ),
+        (
+            TokenExpiredError("expired", masked_token=MASKED, project_id=PROJECT),
+            f"expired; issue a new token with 'llm-proxy-db token create --project {PROJECT}'",
+        ),
+        (
+            TokenInactiveError("revoked"),
+            "revoked; issue a new token with 'llm-proxy-db token create'",
+        ),
+        (
+            ProjectInactiveError("inactive", project_id=PROJECT),
+            f"inactive; activate the project with 'llm-proxy-db project activate {PROJECT}'",
+        ),
+        (
+            ProjectInactiveError("inactive", project_id="my project"),
+            "inactive; activate the project with 'llm-proxy-db project activate 'my project''",
+        ),
+        (
+            # The class decides, not the text: a message naming a token changes nothing.
+            ProjectNotFoundError("no token matches 'sk-Ab'", key="x"),
+            "no token matches 'sk-Ab'; see the projects with 'llm-proxy-db project list'",
+        ),
+        (
+            TokenExistsError("token sk-Ab...xyz9 already exists", key="sk-Ab...xyz9"),
+            "token sk-Ab...xyz9 already exists; run 'llm-proxy-db token create' again: it "
+            "draws a new token",
+        ),
+        (
+            NoMigrationsError("the memory backend has no schema migrations"),
+            "the memory backend has no schema migrations; only SQL backends have them: choose "
+            "one with --driver (see 'llm-proxy-db backends')",
+        ),
+        (
+            MigrationError("00100_x.sql failed", version=100),
+            "00100_x.sql failed; see 'llm-proxy-db migrate status'",
+        ),
+        (TransientError("database is locked"), "database is locked; try again"),
+    ],
+)
+def test_hints_follow_the_error_class_and_attributes(error: DatabaseError, line: str) -> None:
+    assert _describe(error)[1] == line
+
+
+def test_usage_errors_carry_their_own_hint_or_point_to_help() -> None:
+    hinted = HintedUsageError("--quiet and --json do not combine", hint="choose one")
+    assert _describe(hinted) == (2, "--quiet and --json do not combine; choose one")
+    assert _public_type(hinted) == "UsageError"
+    bare = click.UsageError("give at most one of --a or --b")
+    assert _describe(bare) == (2, "give at most one of --a or --b; see 'llm-proxy-db --help'")
+    value = HintedBadParameter("'5x' is not a duration", hint="use e.g. 30d", param_hint="'--in'")
+    assert _describe(value) == (2, "Invalid value for '--in': '5x' is not a duration; use e.g. 30d")
+    assert _public_type(value) == "BadParameter"

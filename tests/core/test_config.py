@@ -29,15 +29,55 @@ from llm_proxy_db import (
         ("2h45m30s", timedelta(hours=2, minutes=45, seconds=30)),
         ("0", timedelta(0)),
         ("-5m", timedelta(minutes=-5)),
+        ("+5m", timedelta(minutes=5)),
+        (".5s", timedelta(milliseconds=500)),
+        ("1.s", timedelta(seconds=1)),
+        ("1.25ms", timedelta(microseconds=1250)),
+        ("1\u00b5s", timedelta(microseconds=1)),  # MICRO SIGN
+        ("1\u03bcs", timedelta(microseconds=1)),  # GREEK SMALL LETTER MU, Go's spelling
+        ("1us", timedelta(microseconds=1)),
+        ("0.1s0.2s", timedelta(milliseconds=300)),  # exact: no float rounding
     ],
 )
 def test_parse_duration_accepts_go_durations_and_days(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "10", "h", "1x", "1h 30m", "1hh", "abc", "1.2.3s"])
+@pytest.mark.parametrize(
+    ("text", "microseconds"),
+    [
+        ("1ns", 0),
+        ("999ns", 0),
+        ("1000ns", 1),
+        ("999999ns", 999),
+        ("1500ns", 1),
+        ("-1500ns", -1),  # toward zero, not toward minus infinity
+        ("-1ns", 0),
+        ("1.0000015s", 1_000_001),
+        ("0.0000005ms", 0),  # half a nanosecond truncates to nothing, as in Go
+        ("1us999ns", 1),
+        ("1h0.000000001s", 3_600_000_000),
+        ("0.3333333333333333333h", 1_199_999_999),  # exact: a float sum gives 1_200_000_000
+    ],
+)
+def test_parse_duration_sums_nanoseconds_and_truncates_to_microseconds(
+    text: str, microseconds: int
+) -> None:
+    assert parse_duration(text) == timedelta(microseconds=microseconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "-", "10", "h", "1x", "1h 30m", "1hh", "abc", "1.2.3s", ".s", "--1s", "1\u0661s", "1M"],
+)
 def test_parse_duration_rejects_everything_else(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["9" * 20 + "d", "1" * 5000 + "s"])
+def test_parse_duration_refuses_what_a_timedelta_cannot_hold(text: str) -> None:
+    with pytest.raises(ValueError, match="too long"):
         parse_duration(text)
 
 
@@ -64,7 +104,7 @@ def test_every_variable_is_read() -> None:
             "DATABASE_CONN_MAX_LIFETIME": "1h30m",
         }
     )
-    assert config.driver == DriverType.POSTGRES == "postgres"
+    assert config.driver == "postgres" == DriverType.POSTGRES.value
     assert config.path == "/tmp/x.db" and config.database_url == "postgresql://u:p@h/db"
     assert (config.max_open_conns, config.max_idle_conns) == (20, 7)
     assert config.conn_max_lifetime == timedelta(minutes=90)
@@ -76,6 +116,30 @@ def test_empty_values_count_as_unset() -> None:
 
 def test_small_pool_caps_the_default_idle_count() -> None:
     assert config_from_env({"DATABASE_POOL_SIZE": "2"}).max_idle_conns == 2
+    assert config_from_env({"DATABASE_POOL_SIZE": "20"}).max_idle_conns == 5
+
+
+@pytest.mark.parametrize("cls", [Config, FullConfig])
+@pytest.mark.parametrize(("pool", "idle"), [(1, 1), (4, 4), (5, 5), (6, 5), (100, 5)])
+def test_unset_idle_count_is_five_at_most_the_pool_size(
+    cls: type[Config | FullConfig], pool: int, idle: int
+) -> None:
+    assert cls(max_open_conns=pool).max_idle_conns == idle
+    assert cls(max_open_conns=pool, max_idle_conns=0).max_idle_conns == 0  # set: kept
+    assert cls(max_open_conns=pool, max_idle_conns=pool).max_idle_conns == pool
+
+
+def test_a_small_postgres_pool_needs_no_idle_setting() -> None:
+    config = FullConfig(driver="postgres", database_url="postgresql://x/y", max_open_conns=4)
+    assert (config.max_open_conns, config.max_idle_conns) == (4, 4)
+
+
+def test_only_an_explicit_idle_count_above_the_pool_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"max_idle_conns \(5\).*max_open_conns \(4\)"):
+        FullConfig(max_open_conns=4, max_idle_conns=5)
+    with pytest.raises(ConfigError, match=r"DATABASE_MAX_IDLE_CONNS='11'.*DATABASE_POOL_SIZE"):
+        config_from_env({"DATABASE_MAX_IDLE_CONNS": "11"})  # above the default pool of 10
+    assert config_from_env({"DATABASE_MAX_IDLE_CONNS": "10"}).max_idle_conns == 10
 
 
 @pytest.mark.parametrize(
@@ -129,3 +193,20 @@ def test_full_config_from_sqlite_config() -> None:
         3,
         1,
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"max_open_conns": 2},
+        {"max_open_conns": 50, "max_idle_conns": 0},
+        {"path": "y.db", "conn_max_lifetime": timedelta(minutes=5)},
+    ],
+)
+def test_full_config_from_config_carries_every_value(kwargs: dict[str, object]) -> None:
+    config = Config(**kwargs)  # type: ignore[arg-type]
+    full = FullConfig.from_config(config)
+    assert full == FullConfig(driver="sqlite", **kwargs)  # type: ignore[arg-type]
+    shared = ("path", "max_open_conns", "max_idle_conns", "conn_max_lifetime")
+    assert all(getattr(full, name) == getattr(config, name) for name in shared)

@@ -16,14 +16,38 @@ from typing import Any
 
 import pytest
 
-from llm_proxy_db._errors import MigrationError
-from llm_proxy_db.sql._dialect import POSTGRES, SQLITE, Dialect
+from llm_proxy_db._errors import DatabaseError, MigrationError
+from llm_proxy_db.sql import Dialect
 from llm_proxy_db.sql._migrate import (
     DbApiMigrationConnection,
     MigrationConnection,
     Migrations,
     MigrationStatus,
 )
+
+# The runner is tested with the real backends' dialects and files: the SQLite tests run
+# where llm-proxy-db-sqlite is installed, the PostgreSQL ones where llm-proxy-db-postgres is.
+
+
+def _sqlite_dialect() -> Dialect:
+    dialect: Dialect = pytest.importorskip("llm_proxy_db_sqlite").SQLITE
+    return dialect
+
+
+def _postgres_dialect() -> Dialect:
+    dialect: Dialect = pytest.importorskip("llm_proxy_db_postgres").POSTGRES
+    return dialect
+
+
+def _sqlite_translate(exc: Exception) -> DatabaseError:
+    return DatabaseError(f"SQLite error: {exc}")
+
+
+def _postgres_translate(exc: Exception) -> DatabaseError:
+    translate: Any = pytest.importorskip("llm_proxy_db_postgres._backend").translate_error
+    error: DatabaseError = translate(exc)
+    return error
+
 
 REPO = Path(__file__).resolve().parents[2]
 SQLITE_FILES = REPO / "backends/sqlite/src/llm_proxy_db_sqlite/migrations"
@@ -125,12 +149,15 @@ class SqliteTarget:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.dialect = _sqlite_dialect()
 
     @contextmanager
     def _connection(self) -> Iterator[MigrationConnection]:
         conn = _sqlite_connect(self.path)
         try:
-            yield DbApiMigrationConnection(conn, SQLITE)
+            yield DbApiMigrationConnection(
+                conn, _sqlite_dialect(), driver_error=sqlite3.Error, translate=_sqlite_translate
+            )
         finally:
             conn.close()
 
@@ -142,6 +169,7 @@ class SqliteTarget:
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
+    _sqlite_dialect()  # skips where the SQLite backend is not installed
     return tmp_path / "llm-proxy.db"
 
 
@@ -180,7 +208,7 @@ def test_up_applies_every_version_with_goose_rows(migrations: Migrations, db_pat
     for stamp in stamps:  # the codec's UTC text, e.g. '2024-05-01 12:00:00.123+00:00'
         assert isinstance(stamp, str)
         assert stamp.endswith("+00:00")
-        assert SQLITE.decode_time(stamp) >= before.replace(microsecond=0)
+        assert _sqlite_dialect().decode_time(stamp) >= before.replace(microsecond=0)
     status = migrations.status()
     assert [(s.version, s.name, s.applied) for s in status] == [
         (1, "initial_schema", True),
@@ -451,7 +479,9 @@ def test_failing_file_rolls_back_and_names_the_file(tmp_path: Path, db_path: Pat
     assert "statement 3 of 3" in message
     assert "no_such_table" in message
     assert "rolled back" in message
-    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert info.value.version == 101
+    # Translated by the backend's mapping; the driver's exception is not attached.
+    assert info.value.__cause__ is None and info.value.__context__ is None
     assert migrations.version() == 100  # versions 1-100 committed, 101 not at all
     assert "half_done" not in _user_tables(db_path)
     assert _goose_rows(db_path)[-1] == (100, 1)
@@ -616,7 +646,12 @@ class PostgresTarget:
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
             try:
-                yield DbApiMigrationConnection(conn, POSTGRES)
+                yield DbApiMigrationConnection(
+                    conn,
+                    _postgres_dialect(),
+                    driver_error=psycopg.Error,
+                    translate=_postgres_translate,
+                )
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -59,7 +60,7 @@ def test_models_are_frozen_and_keyword_only() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         project.name = "q"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Project("p", "k")  # type: ignore[misc]
+        Project("p", "k")  # type: ignore[call-arg]
     renamed = attrs.evolve(project, name="q")
     assert renamed.name == "q" and renamed.id == project.id
     with pytest.raises(ValueError, match="name"):
@@ -92,5 +93,42 @@ def test_readme_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "the README has no Python tour"
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], "README tour", "exec"), {})  # noqa: S102 - our own README
+    namespace: dict[str, Any] = {}
+    for number, block in enumerate(blocks):  # in order, sharing one namespace
+        exec(compile(block, f"README python block {number}", "exec"), namespace)  # noqa: S102
     assert (tmp_path / "data" / "llm-proxy.db").is_file()
+    # The error-mapping example answers as a proxy should.
+    from llm_proxy_db import Config, Project, Token, new
+
+    http_status = namespace["http_status"]
+    with new(Config(path=str(tmp_path / "statuses.db"))) as db:
+        project = db.create_project(Project(name="p", openai_api_key="sk-upstream"))
+        token = db.create_token(Token(project_id=project.id, max_requests=1))
+        assert [http_status(db, token.token) for _ in range(2)] == [200, 429]
+        assert http_status(db, "sk-unknown") == 401
+        db.revoke_token(token.token)
+        assert http_status(db, token.token) == 401
+        other = db.create_token(Token(project_id=project.id))
+        db.update_project(attrs.evolve(project, is_active=False))
+        assert http_status(db, other.token) == 403
+
+
+GUIDE = README.parent / "docs" / "writing-a-backend.md"
+
+
+@pytest.mark.parametrize(
+    ("module", "documents"),
+    [
+        (llm_proxy_db, (README, GUIDE)),
+        (llm_proxy_db.sql, (GUIDE,)),
+        (llm_proxy_db.testing, (GUIDE,)),
+    ],
+)
+def test_every_public_name_is_documented(module: object, documents: tuple[Path, ...]) -> None:
+    text = "\n".join(document.read_text() for document in documents)
+    missing = [
+        name
+        for name in module.__all__  # type: ignore[attr-defined]
+        if name != "__version__" and not re.search(rf"\b{re.escape(name)}\b", text)
+    ]
+    assert not missing, f"not mentioned in {', '.join(d.name for d in documents)}: {missing}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -9,10 +10,12 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 import llm_proxy_db
 from llm_proxy_db import (
+    MIN_STORAGE_API_VERSION,
     STORAGE_API_VERSION,
     BackendNotFoundError,
     BackendSpec,
@@ -26,8 +29,10 @@ from llm_proxy_db import (
 )
 from llm_proxy_db._registry import reset_registry
 
+ROOT = Path(__file__).resolve().parents[2]
+
 PLUGIN = """
-from llm_proxy_db import STORAGE_API_VERSION, BackendSpec, hookimpl
+from llm_proxy_db import BackendSpec, hookimpl
 
 def _open(config):
     from llm_proxy_db_memory import MemoryBackend
@@ -40,7 +45,12 @@ def llm_proxy_db_backends():
 
 
 def install_fake(
-    site: Path, dist: str, name: str, *, body: str | None = None, api_version: str = "1"
+    site: Path,
+    dist: str,
+    name: str,
+    *,
+    body: str | None = None,
+    api_version: str = str(STORAGE_API_VERSION),
 ) -> None:
     """Lay out a distribution (dist-info + module) that declares a backend entry point."""
     module = f"{dist.replace('-', '_')}_plugin"
@@ -100,12 +110,80 @@ def test_two_distributions_claiming_one_name_is_an_error_naming_both(site: Path)
     assert "twin" in by_name() and by_name()["twin"].error
 
 
+SUPPORTED = f"supports versions {MIN_STORAGE_API_VERSION} to {STORAGE_API_VERSION}"
+
+
 def test_backend_for_a_newer_api_is_refused(site: Path) -> None:
     install_fake(site, "future-backend", "future", api_version=str(STORAGE_API_VERSION + 1))
     info = by_name()["future"]
     assert info.spec is None and "upgrade llm-proxy-db" in (info.error or "")
-    with pytest.raises(ConfigError, match="storage API version"):
+    with pytest.raises(ConfigError, match="storage API version") as excinfo:
         new_from_full_config(FullConfig(driver="future"))
+    message = str(excinfo.value)
+    assert "'future' (distribution future-backend)" in message
+    assert f"written for storage API version {STORAGE_API_VERSION + 1}" in message
+    assert SUPPORTED in message and message.endswith("upgrade llm-proxy-db")
+
+
+@pytest.mark.parametrize("old", [MIN_STORAGE_API_VERSION - 1, 0])
+def test_backend_for_an_api_older_than_the_minimum_is_refused(site: Path, old: int) -> None:
+    dist = f"ancient{old}-backend"  # a module name of its own: imported modules stay cached
+    install_fake(site, dist, "ancient", api_version=str(old))
+    info = by_name()["ancient"]
+    assert info.spec is None and "upgrade the backend" in (info.error or "")
+    assert by_name()["memory"].spec is not None  # the others still load
+    with pytest.raises(ConfigError) as excinfo:
+        new_from_full_config(FullConfig(driver="ancient"))
+    message = str(excinfo.value)
+    assert f"'ancient' (distribution {dist})" in message
+    assert f"written for storage API version {old}," in message
+    assert SUPPORTED in message and message.endswith("upgrade the backend")
+
+
+def test_every_supported_api_version_is_accepted(site: Path) -> None:
+    from llm_proxy_db_memory import MemoryBackend
+
+    assert 1 <= MIN_STORAGE_API_VERSION <= STORAGE_API_VERSION
+    for version in range(MIN_STORAGE_API_VERSION, STORAGE_API_VERSION + 1):
+        spec = BackendSpec(
+            name=f"v{version}", api_version=version, factory=lambda config: MemoryBackend()
+        )
+        register_backend(spec)
+        try:
+            assert by_name()[f"v{version}"].spec is spec
+        finally:
+            unregister_backend(spec.name)
+
+
+def _api_version_arguments(path: Path) -> list[ast.expr]:
+    return [
+        keyword.value
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        for keyword in node.keywords
+        if keyword.arg == "api_version"
+    ]
+
+
+PLUGIN_MODULES = sorted(
+    [*ROOT.glob("backends/*/src/*/_plugin.py"), *ROOT.glob("examples/*/src/*/_plugin.py")]
+)
+
+
+@pytest.mark.parametrize("path", PLUGIN_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_in_repo_backends_declare_a_literal_supported_api_version(path: Path) -> None:
+    # A backend states the version it was written for; reading the core's constant would
+    # claim support for every future interface change.
+    arguments = _api_version_arguments(path)
+    assert arguments, f"{path} passes no api_version"
+    for value in arguments:
+        assert isinstance(value, ast.Constant) and isinstance(value.value, int), ast.dump(value)
+        assert MIN_STORAGE_API_VERSION <= value.value <= STORAGE_API_VERSION
+
+
+def test_in_repo_plugin_modules_are_all_found() -> None:
+    names = {path.parts[-4] for path in PLUGIN_MODULES}
+    assert names >= {"memory", "sqlite", "postgres", "llm-proxy-db-jsonfile"}
 
 
 def test_unknown_driver_lists_installed_and_suggests_a_close_match(site: Path) -> None:
@@ -186,6 +264,13 @@ def test_register_backend_checks_the_spec(site: Path) -> None:
     )
     with pytest.raises(ConfigError, match="storage API version"):
         register_backend(future)
+    past = attrs.evolve(future, api_version=MIN_STORAGE_API_VERSION - 1)
+    with pytest.raises(ConfigError, match=r"\(register_backend\(\)\).*upgrade the backend"):
+        register_backend(past)
+    for bad in ("2", 2.0, None, True):
+        with pytest.raises(ConfigError, match="api_version must be an integer"):
+            register_backend(attrs.evolve(future, api_version=bad))  # type: ignore[arg-type]
+    assert {"f"}.isdisjoint(by_name())
 
 
 def test_entry_point_modules_are_cheap_to_import() -> None:

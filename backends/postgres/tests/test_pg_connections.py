@@ -95,12 +95,22 @@ def _idle_pool_size(db: DB) -> int:
     return int(_pool(db).get_stats()["pool_available"])
 
 
+def _fill_pool(db: DB, count: int) -> None:
+    """Make the pool open ``count`` connections (it keeps only one while idle) and wait
+    until all of them are idle."""
+    pool = _pool(db)
+    lent = [pool.getconn() for _ in range(count)]
+    for conn in lent:
+        pool.putconn(conn)
+    _wait_until(lambda: _idle_pool_size(db) >= count, "the pool to fill")
+
+
 def test_killed_connections_fail_one_call_with_database_error_then_recover(
     tagged_url: str, postgres_server: PostgresServer
 ) -> None:
     with _open(tagged_url, max_open=4, max_idle=3) as db:
         db.create_project(_project("before"))
-        _wait_until(lambda: _idle_pool_size(db) >= 3, "the pool to fill")
+        _fill_pool(db, 3)
         assert _terminate(postgres_server.admin_url, tagged_url) >= 3
 
         started = time.monotonic()
@@ -120,7 +130,7 @@ def test_a_killed_connection_inside_a_transaction_fails_then_recovers(
     tagged_url: str, postgres_server: PostgresServer
 ) -> None:
     with _open(tagged_url, max_open=2, max_idle=2) as db:
-        _wait_until(lambda: _idle_pool_size(db) >= 2, "the pool to fill")
+        _fill_pool(db, 2)
         _terminate(postgres_server.admin_url, tagged_url)
 
         with pytest.raises(DatabaseError) as caught, db.transaction() as tx:

@@ -24,9 +24,8 @@ from llm_proxy_db import (
     Token,
     new_from_full_config,
 )
-from llm_proxy_db.sql import POSTGRES
 from llm_proxy_db.sql._statements import AUDIT_COLUMNS, Statements
-from llm_proxy_db_postgres import _backend
+from llm_proxy_db_postgres import POSTGRES, _backend
 
 if TYPE_CHECKING:
     from tests.fixtures.postgres import PostgresServer

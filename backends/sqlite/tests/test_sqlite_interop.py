@@ -31,7 +31,8 @@ from llm_proxy_db import (
     TokenLimitReachedError,
     new,
 )
-from llm_proxy_db.sql import SQLITE, parse_migration
+from llm_proxy_db.sql import parse_migration
+from llm_proxy_db_sqlite import SQLITE
 
 MIGRATIONS = files("llm_proxy_db_sqlite") / "migrations"
 GO_FILES = (

@@ -11,7 +11,7 @@ import pytest
 from sqlite_support import OpenDB, race_migrate_up, raw_rows
 
 from llm_proxy_db import Config, MigrationError, Project, Token, new
-from llm_proxy_db.sql import SQLITE
+from llm_proxy_db_sqlite import SQLITE
 
 SHIPPED = [1, 2, 3, 100]  # 1-3 are the Go llm-proxy's; ours number from 100
 

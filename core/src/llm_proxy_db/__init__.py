@@ -38,9 +38,11 @@ from ._models import (
     Token,
     generate_token,
     mask_token,
+    utcnow,
 )
 from ._protocols import AuditStore, Backend, ProjectStore, Stores, TokenStore
 from ._registry import (
+    MIN_STORAGE_API_VERSION,
     STORAGE_API_VERSION,
     BackendInfo,
     BackendSpec,
@@ -58,6 +60,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "DB",
+    "MIN_STORAGE_API_VERSION",
     "STORAGE_API_VERSION",
     "AlreadyExistsError",
     "AuditEvent",
@@ -104,4 +107,5 @@ __all__ = [
     "parse_duration",
     "register_backend",
     "unregister_backend",
+    "utcnow",
 ]

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
+from fractions import Fraction
 from typing import Any
 
 import attrs
@@ -20,6 +21,9 @@ from ._errors import ConfigError
 __all__ = ["Config", "DriverType", "FullConfig", "config_from_env", "parse_duration"]
 
 DEFAULT_PATH = "data/llm-proxy.db"
+DEFAULT_MAX_OPEN_CONNS = 10
+DEFAULT_MAX_IDLE_CONNS = 5
+"""The default idle count, lowered to ``max_open_conns`` when that is smaller."""
 
 
 class DriverType(enum.StrEnum):
@@ -33,24 +37,29 @@ class DriverType(enum.StrEnum):
         return self.value
 
 
-_UNITS = {
-    "ns": timedelta(microseconds=0.001),
-    "us": timedelta(microseconds=1),
-    "µs": timedelta(microseconds=1),
-    "ms": timedelta(milliseconds=1),
-    "s": timedelta(seconds=1),
-    "m": timedelta(minutes=1),
-    "h": timedelta(hours=1),
-    "d": timedelta(days=1),
+_NS_PER_UNIT: dict[str, int] = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,  # MICRO SIGN, as Go accepts
+    "\u03bcs": 1_000,  # GREEK SMALL LETTER MU, as Go accepts
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3_600 * 1_000_000_000,
+    "d": 86_400 * 1_000_000_000,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h|d)")
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse a Go-style duration (``1h30m``, ``500ms``, ``90s``) plus ``d`` for days.
+    """Parse a Go-style duration (``1h30m``, ``500ms``, ``1.5h``, ``90s``) plus ``d`` for days.
 
-    Raises ``ValueError`` for anything else, including a bare number without a unit.
-    A leading ``-`` gives a negative duration.
+    As Go's ``time.ParseDuration``: each number (decimal fractions allowed) counts in whole
+    nanoseconds, summed exactly; units are ``ns``, ``us`` (or ``\u00b5s``, ``\u03bcs``),
+    ``ms``, ``s``, ``m``, ``h``, and ``d``. The sum is then truncated toward zero to whole
+    microseconds, the resolution of ``timedelta`` (``1500ns`` is 1 microsecond). A leading
+    ``-`` gives a negative duration; ``0`` needs no unit. Raises ``ValueError`` for anything
+    else, including a bare number without a unit.
     """
     value = text.strip()
     sign = 1
@@ -59,7 +68,9 @@ def parse_duration(text: str) -> timedelta:
         value = value[1:]
     if value == "0":
         return timedelta(0)
-    pos, total = 0, timedelta(0)
+    if not value:
+        raise ValueError(f"invalid duration {text!r}: it is empty")
+    pos, nanoseconds = 0, 0
     while pos < len(value):
         match = _PART.match(value, pos)
         if match is None:
@@ -68,13 +79,16 @@ def parse_duration(text: str) -> timedelta:
                 "e.g. 30m, 1h30m, 7d"
             )
         try:
-            total += float(match.group(1)) * _UNITS[match.group(2)]
-        except OverflowError:
+            number = Fraction(match.group(1))  # exact, unlike a float
+        except ValueError:  # more digits than int() converts
             raise ValueError(f"invalid duration {text!r}: it is too long") from None
+        # Each part counts in whole nanoseconds (truncated, as Go does), summed exactly.
+        nanoseconds += int(number * _NS_PER_UNIT[match.group(2)])
         pos = match.end()
-    if not value:
-        raise ValueError(f"invalid duration {text!r}: it is empty")
-    return sign * total
+    try:
+        return timedelta(microseconds=sign * (nanoseconds // 1_000))
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: it is too long") from None
 
 
 def _int_at_least(minimum: int, name: str) -> Any:
@@ -90,6 +104,15 @@ def _int_at_least(minimum: int, name: str) -> Any:
 def _positive_duration(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, timedelta) or value <= timedelta(0):
         raise ConfigError(f"{attribute.name} must be a positive duration, got {value!r}")
+
+
+def _default_idle_conns(config: Config | FullConfig) -> int:
+    # As Go's SetMaxIdleConns: the idle count never exceeds the open count. A bad
+    # max_open_conns is left for its own validator to report.
+    pool = config.max_open_conns
+    if isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1:
+        return min(DEFAULT_MAX_IDLE_CONNS, pool)
+    return DEFAULT_MAX_IDLE_CONNS
 
 
 def _idle_within_pool(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -117,10 +140,14 @@ class Config:
     """Settings for the default SQLite backend, as ``new()`` takes them."""
 
     path: str = attrs.field(default=DEFAULT_PATH, validator=_non_empty_str)
-    max_open_conns: int = attrs.field(default=10, validator=_int_at_least(1, ""))
-    max_idle_conns: int = attrs.field(
-        default=5, validator=[_int_at_least(0, ""), _idle_within_pool]
+    max_open_conns: int = attrs.field(
+        default=DEFAULT_MAX_OPEN_CONNS, validator=_int_at_least(1, "")
     )
+    max_idle_conns: int = attrs.field(
+        default=attrs.Factory(_default_idle_conns, takes_self=True),
+        validator=[_int_at_least(0, ""), _idle_within_pool],
+    )
+    """Unset: ``min(5, max_open_conns)``; set above ``max_open_conns``: ``ConfigError``."""
     conn_max_lifetime: timedelta = attrs.field(
         default=timedelta(hours=1), validator=_positive_duration
     )
@@ -135,10 +162,14 @@ class FullConfig:
     database_url: str | None = attrs.field(
         default=None, repr=lambda v: "None" if v is None else "'***'"
     )
-    max_open_conns: int = attrs.field(default=10, validator=_int_at_least(1, ""))
-    max_idle_conns: int = attrs.field(
-        default=5, validator=[_int_at_least(0, ""), _idle_within_pool]
+    max_open_conns: int = attrs.field(
+        default=DEFAULT_MAX_OPEN_CONNS, validator=_int_at_least(1, "")
     )
+    max_idle_conns: int = attrs.field(
+        default=attrs.Factory(_default_idle_conns, takes_self=True),
+        validator=[_int_at_least(0, ""), _idle_within_pool],
+    )
+    """Unset: ``min(5, max_open_conns)``; set above ``max_open_conns``: ``ConfigError``."""
     conn_max_lifetime: timedelta = attrs.field(
         default=timedelta(hours=1), validator=_positive_duration
     )
@@ -187,8 +218,13 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> FullConfig:
         settings["max_open_conns"] = pool
     if (idle := _env_int(env, "DATABASE_MAX_IDLE_CONNS", 0)) is not None:
         settings["max_idle_conns"] = idle
-    if "max_idle_conns" not in settings and "max_open_conns" in settings:
-        settings["max_idle_conns"] = min(5, settings["max_open_conns"])
+        limit = DEFAULT_MAX_OPEN_CONNS if pool is None else pool
+        if idle > limit:
+            size = f"{limit}, its default" if pool is None else str(limit)
+            raise ConfigError(
+                f"DATABASE_MAX_IDLE_CONNS={env['DATABASE_MAX_IDLE_CONNS'].strip()!r} must not "
+                f"be above DATABASE_POOL_SIZE ({size})"
+            )
     if lifetime := env.get("DATABASE_CONN_MAX_LIFETIME", "").strip():
         try:
             settings["conn_max_lifetime"] = parse_duration(lifetime)
@@ -196,11 +232,4 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> FullConfig:
             raise ConfigError(f"DATABASE_CONN_MAX_LIFETIME={lifetime!r}: {exc}") from None
         if settings["conn_max_lifetime"] <= timedelta(0):
             raise ConfigError(f"DATABASE_CONN_MAX_LIFETIME={lifetime!r} must be positive")
-    try:
-        return FullConfig(**settings)
-    except ConfigError as exc:
-        if "max_idle_conns" in str(exc):
-            raise ConfigError(
-                f"DATABASE_MAX_IDLE_CONNS={env.get('DATABASE_MAX_IDLE_CONNS')!r}: {exc}"
-            ) from None
-        raise
+    return FullConfig(**settings)

@@ -8,123 +8,38 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._config import Config, FullConfig, config_from_env
+from ._delegation import (
+    ForwardedStores,
+    forwarding,
+    open_transactions,
+    refuse_inside_transaction,
+)
 from ._errors import ConfigError, DatabaseError, MigrationError
-from ._models import AuditEvent, AuditEventFilter, Project, Stats, Token
+from ._protocols import Stores
 from ._registry import BackendSpec, Capabilities, get_backend_spec, list_backends
 
 if TYPE_CHECKING:
-    from ._protocols import Backend, Stores
+    from ._protocols import Backend
     from .sql import Migrations
 
 __all__ = ["DB", "StoreFacade", "new", "new_from_full_config"]
 
 
-def _require(value: object, kind: type, what: str) -> None:
-    if not isinstance(value, kind):
-        raise TypeError(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
+_CHECKED_CALL = "self._stores.{name}({args})"
 
 
-class StoreFacade:
+@forwarding(_CHECKED_CALL, protocol=Stores, checked=True)
+class StoreFacade(ForwardedStores):
     """The store methods, checked for argument types, then handed to the backend.
 
-    ``DB`` is one; so is the object a ``DB.transaction()`` yields.
+    The object a ``DB.transaction()`` block yields; ``DB`` adds the transaction rule.
+    Every method is generated from the ``Stores`` protocol (see :mod:`._delegation`).
     """
 
     __slots__ = ("_stores",)
 
     def __init__(self, stores: Stores) -> None:
         self._stores = stores
-
-    # Projects
-    def create_project(self, project: Project) -> Project:
-        _require(project, Project, "project")
-        return self._stores.create_project(project)
-
-    def get_project_by_id(self, project_id: str) -> Project:
-        _require(project_id, str, "project_id")
-        return self._stores.get_project_by_id(project_id)
-
-    def update_project(self, project: Project) -> Project:
-        _require(project, Project, "project")
-        return self._stores.update_project(project)
-
-    def delete_project(self, project_id: str) -> None:
-        _require(project_id, str, "project_id")
-        self._stores.delete_project(project_id)
-
-    def list_projects(self) -> list[Project]:
-        return self._stores.list_projects()
-
-    # Tokens
-    def create_token(self, token: Token) -> Token:
-        _require(token, Token, "token")
-        return self._stores.create_token(token)
-
-    def get_token_by_id(self, token: str) -> Token:
-        _require(token, str, "token")
-        return self._stores.get_token_by_id(token)
-
-    def update_token(self, token: Token) -> Token:
-        _require(token, Token, "token")
-        return self._stores.update_token(token)
-
-    def delete_token(self, token: str) -> None:
-        _require(token, str, "token")
-        self._stores.delete_token(token)
-
-    def list_tokens(self, project_id: str | None = None) -> list[Token]:
-        if project_id is not None:
-            _require(project_id, str, "project_id")
-        return self._stores.list_tokens(project_id)
-
-    def increment_token_usage(self, token: str) -> Token:
-        _require(token, str, "token")
-        return self._stores.increment_token_usage(token)
-
-    def revoke_token(self, token: str) -> None:
-        _require(token, str, "token")
-        self._stores.revoke_token(token)
-
-    def revoke_project_tokens(self, project_id: str) -> int:
-        _require(project_id, str, "project_id")
-        return self._stores.revoke_project_tokens(project_id)
-
-    def revoke_expired_tokens(self) -> int:
-        return self._stores.revoke_expired_tokens()
-
-    def increment_cache_hit_count(self, token: str, delta: int = 1) -> None:
-        _require(token, str, "token")
-        if not isinstance(delta, int) or isinstance(delta, bool) or delta < 1:
-            raise ValueError(f"delta must be an integer >= 1, got {delta!r}")
-        self._stores.increment_cache_hit_count(token, delta)
-
-    def reset_token_usage(self, token: str) -> Token:
-        _require(token, str, "token")
-        return self._stores.reset_token_usage(token)
-
-    # Audit
-    def create_audit_event(self, event: AuditEvent) -> AuditEvent:
-        _require(event, AuditEvent, "event")
-        return self._stores.create_audit_event(event)
-
-    def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
-        _require(event_id, str, "event_id")
-        return self._stores.get_audit_event_by_id(event_id)
-
-    def list_audit_events(self, filter: AuditEventFilter | None = None) -> list[AuditEvent]:
-        if filter is not None:
-            _require(filter, AuditEventFilter, "filter")
-        return self._stores.list_audit_events(filter)
-
-    def count_audit_events(self, filter: AuditEventFilter | None = None) -> int:
-        if filter is not None:
-            _require(filter, AuditEventFilter, "filter")
-        return self._stores.count_audit_events(filter)
-
-    # Operators
-    def stats(self) -> Stats:
-        """Counts of projects, tokens and requests, and the storage size in bytes."""
-        return self._stores.stats()
 
 
 class _Closed:
@@ -142,11 +57,16 @@ class _Ended(_Closed):
     message = "the transaction has ended; use the DB, or start a new transaction"
 
 
+@forwarding(_CHECKED_CALL, checked=True, guarded=True)
 class DB(StoreFacade):
     """An open database: the three stores, transactions, health and migrations.
 
     Open one with :func:`new` (SQLite) or :func:`new_from_full_config` (any backend); close
     it with :meth:`close` or use it as a context manager. Safe to share between threads.
+
+    The transaction rule: while a :meth:`transaction` block is open, every call on this
+    ``DB`` from inside it (the same thread, or an asyncio task started inside it) raises
+    ``DatabaseError`` at once and changes nothing; use the block's own object.
     """
 
     __slots__ = ("_backend", "_migrations", "backend_spec", "config")
@@ -175,6 +95,7 @@ class DB(StoreFacade):
     @property
     def migrations(self) -> Migrations:
         """The schema migration runner (SQL backends only)."""
+        refuse_inside_transaction(self, "migrations")
         if self._backend.__class__ is _Closed:
             raise DatabaseError("the database is closed")
         if self._migrations is None:
@@ -183,6 +104,7 @@ class DB(StoreFacade):
 
     def close(self) -> None:
         """Release every connection. Idempotent; later calls raise ``DatabaseError``."""
+        refuse_inside_transaction(self, "close")
         backend, self._backend = self._backend, _Closed()
         self._stores = self._backend
         if not isinstance(backend, _Closed):
@@ -190,16 +112,24 @@ class DB(StoreFacade):
 
     def health_check(self) -> None:
         """Raise ``DatabaseError`` unless the storage answers."""
+        refuse_inside_transaction(self, "health_check")
         self._backend.health_check()
 
     @contextmanager
     def transaction(self) -> Iterator[StoreFacade]:
-        """A unit of work: commits on normal exit, rolls back everything on an exception."""
+        """A unit of work: commits on normal exit, rolls back everything on an exception.
+
+        Inside the block use the object it yields: calls on this ``DB`` raise
+        ``DatabaseError`` there (they would wait for the block's own locks).
+        """
+        refuse_inside_transaction(self, "transaction")
         with self._backend.transaction() as stores:
             facade = StoreFacade(stores)
+            marker = open_transactions.set((*open_transactions.get(), self))
             try:
                 yield facade
             finally:
+                open_transactions.reset(marker)
                 facade._stores = _Ended()
 
     def __enter__(self) -> DB:

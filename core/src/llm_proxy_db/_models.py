@@ -17,12 +17,14 @@ from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
+from ._clock import utcnow
 from ._errors import (
     ProjectInactiveError,
     TokenExpiredError,
     TokenInactiveError,
     TokenLimitReachedError,
 )
+from ._masking import mask_token
 
 __all__ = [
     "AuditEvent",
@@ -41,24 +43,9 @@ OUTCOMES: Final = ("success", "failure")
 TOKEN_PREFIX: Final = "sk-"
 
 
-def utcnow() -> datetime:
-    """The current time as an aware UTC datetime."""
-    return datetime.now(UTC)
-
-
 def generate_token() -> str:
     """A new client secret: ``"sk-"`` and 256 random bits from :mod:`secrets`."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def mask_token(token: str) -> str:
-    """The form of a token that is safe to print, e.g. ``sk-Ab...xyz9``.
-
-    Short values (which real tokens never are) keep only their first three characters.
-    """
-    if len(token) < 16:
-        return token[:3] + "..."
-    return f"{token[:5]}...{token[-4:]}"
 
 
 def _new_id() -> str:
@@ -185,15 +172,27 @@ class Token:
         The order is the contract's: inactive, expired, project inactive, limit reached.
         """
         masked = mask_token(self.token)
+        project_id = self.project_id
         if not self.is_active:
-            raise TokenInactiveError(f"token {masked} is inactive")
+            raise TokenInactiveError(
+                f"token {masked} is inactive", masked_token=masked, project_id=project_id
+            )
         if self.is_expired(now):
-            raise TokenExpiredError(f"token {masked} has expired")
+            raise TokenExpiredError(
+                f"token {masked} has expired", masked_token=masked, project_id=project_id
+            )
         if not project_active:
-            raise ProjectInactiveError(f"the project of token {masked} is inactive")
+            raise ProjectInactiveError(
+                f"the project of token {masked} is inactive",
+                masked_token=masked,
+                project_id=project_id,
+            )
         if self.max_requests is not None and self.request_count >= self.max_requests:
             raise TokenLimitReachedError(
-                f"token {masked} has used all of its {self.max_requests} requests"
+                f"token {masked} has used all of its {self.max_requests} requests",
+                masked_token=masked,
+                project_id=project_id,
+                max_requests=self.max_requests,
             )
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._protocols import Backend
 
 __all__ = [
+    "MIN_STORAGE_API_VERSION",
     "STORAGE_API_VERSION",
     "BackendInfo",
     "BackendSpec",
@@ -37,8 +38,13 @@ __all__ = [
 
 PROJECT_NAME: Final = "llm_proxy_db"
 ENTRY_POINT_GROUP: Final = "llm_proxy_db.backends"
-STORAGE_API_VERSION: Final = 1
-"""The storage API this core implements; a backend built for a newer one is refused."""
+STORAGE_API_VERSION: Final = 2
+"""The newest storage API this core implements: the version of the backend-author interface
+(``BackendSpec``, the ``Backend`` protocol, the error classes, ``llm_proxy_db.sql``), bumped
+whenever that interface changes. A backend written for a newer one is refused."""
+MIN_STORAGE_API_VERSION: Final = 2
+"""The oldest storage API this core still implements; a backend written for an older one is
+refused. Backends declare the version they were written for in ``BackendSpec.api_version``."""
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -77,6 +83,8 @@ class BackendSpec:
 
     name: str
     api_version: int
+    """The storage API version the backend was written for: a literal, not a constant read
+    from the core; it must lie in ``MIN_STORAGE_API_VERSION..STORAGE_API_VERSION``."""
     factory: Callable[[FullConfig], Backend] = attrs.field(repr=False)
     capabilities: Capabilities = Capabilities()
     description: str = ""
@@ -264,10 +272,17 @@ def _check_spec(spec: object, origin: str) -> None:
             f"backend {spec.name!r} ({origin}): the 'migrations' capability must be declared "
             "exactly when BackendSpec.migrations names the folder of goose files"
         )
-    if spec.api_version > STORAGE_API_VERSION:
+    version = spec.api_version
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ConfigError(
-            f"backend {spec.name!r} ({origin}) needs storage API version {spec.api_version}, "
-            f"but this llm-proxy-db supports {STORAGE_API_VERSION}: upgrade llm-proxy-db"
+            f"backend {spec.name!r} ({origin}): api_version must be an integer, got {version!r}"
+        )
+    if not MIN_STORAGE_API_VERSION <= version <= STORAGE_API_VERSION:
+        upgrade = "the backend" if version < MIN_STORAGE_API_VERSION else "llm-proxy-db"
+        raise ConfigError(
+            f"backend {spec.name!r} ({origin}) is written for storage API version {version}, "
+            f"but this llm-proxy-db supports versions {MIN_STORAGE_API_VERSION} to "
+            f"{STORAGE_API_VERSION}: upgrade {upgrade}"
         )
 
 

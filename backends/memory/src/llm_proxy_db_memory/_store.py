@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 import attrs
 
@@ -26,16 +26,12 @@ from llm_proxy_db import (
     Token,
     TokenExistsError,
     TokenNotFoundError,
-    mask_token,
+    utcnow,
 )
 
 __all__ = ["MemoryBackend"]
 
 _ALL = AuditEventFilter()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class MemoryBackend:
@@ -70,7 +66,9 @@ class MemoryBackend:
     def create_project(self, project: Project) -> Project:
         with self._lock:
             if project.id in self._projects:
-                raise ProjectExistsError(f"a project with id {project.id!r} already exists")
+                raise ProjectExistsError(
+                    f"a project with id {project.id!r} already exists", key=project.id
+                )
             self._check_name_free(project)
             self._projects[project.id] = project
             return project
@@ -109,7 +107,7 @@ class MemoryBackend:
         with self._lock:
             self._project(token.project_id)
             if token.token in self._tokens:
-                raise TokenExistsError(f"token {mask_token(token.token)} already exists")
+                raise TokenExistsError.for_token(token.token)
             self._tokens[token.token] = token
             return token
 
@@ -180,16 +178,18 @@ class MemoryBackend:
     def create_audit_event(self, event: AuditEvent) -> AuditEvent:
         with self._lock:
             if event.id in self._events:
-                raise AlreadyExistsError(f"an audit event with id {event.id!r} already exists")
+                raise AlreadyExistsError(
+                    f"an audit event with id {event.id!r} already exists", key=event.id
+                )
             self._events[event.id] = event
             return event
 
     def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
         with self._lock:
-            try:
-                return self._events[event_id]
-            except KeyError:
-                raise AuditEventNotFoundError(f"no audit event has id {event_id!r}") from None
+            event = self._events.get(event_id)
+        if event is None:
+            raise AuditEventNotFoundError.for_id(event_id)
+        return event
 
     def list_audit_events(self, filter: AuditEventFilter | None = None) -> list[AuditEvent]:
         with self._lock:
@@ -216,22 +216,26 @@ class MemoryBackend:
             )
 
     # Helpers (callers hold the lock)
+    # Lookups never raise inside an ``except KeyError``: the KeyError would quote the key,
+    # a token, as the error's __context__.
     def _project(self, project_id: str) -> Project:
-        try:
-            return self._projects[project_id]
-        except KeyError:
-            raise ProjectNotFoundError(f"no project has id {project_id!r}") from None
+        project = self._projects.get(project_id)
+        if project is None:
+            raise ProjectNotFoundError.for_id(project_id)
+        return project
 
     def _token(self, token: str) -> Token:
-        try:
-            return self._tokens[token]
-        except KeyError:
-            raise TokenNotFoundError(f"no token {mask_token(token)}") from None
+        stored = self._tokens.get(token)
+        if stored is None:
+            raise TokenNotFoundError.for_token(token)
+        return stored
 
     def _check_name_free(self, project: Project) -> None:
         for other in self._projects.values():
             if other.name == project.name and other.id != project.id:
-                raise ProjectExistsError(f"a project named {project.name!r} already exists")
+                raise ProjectExistsError(
+                    f"a project named {project.name!r} already exists", key=project.name
+                )
 
     @staticmethod
     def _revoked(token: Token, now: datetime) -> Token:

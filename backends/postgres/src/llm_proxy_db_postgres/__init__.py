@@ -1,6 +1,7 @@
 """The PostgreSQL backend of llm-proxy-db (``DB_DRIVER=postgres``).
 
-The backend class loads on first use, so discovering plugins imports no driver.
+Its names load on first use, so discovering plugins imports no driver: ``PostgresBackend``
+and ``POSTGRES``, the dialect (for tests and tools that run SQL of their own).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._backend import PostgresBackend
+    from ._dialect import POSTGRES
 
-__all__ = ["PostgresBackend"]
+__all__ = ["POSTGRES", "PostgresBackend"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from ._backend import PostgresBackend
 
         return PostgresBackend
+    if name == "POSTGRES":
+        from ._dialect import POSTGRES
+
+        return POSTGRES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

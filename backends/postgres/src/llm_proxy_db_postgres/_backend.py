@@ -1,7 +1,9 @@
-"""The PostgreSQL backend: the shared SQL stores on a psycopg_pool connection pool."""
+"""The PostgreSQL backend: the shared SQL store logic on a psycopg_pool connection pool."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -13,20 +15,26 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from llm_proxy_db import ConfigError, DatabaseError, FullConfig, MigrationError, TransientError
 from llm_proxy_db.sql import (
-    POSTGRES,
+    DbApiExecutor,
     DbApiMigrationConnection,
     IntegrityViolation,
-    PooledExecutor,
-    SqlStores,
+    SqlBackend,
     Statements,
-    sql_transaction,
 )
 
+from ._dialect import POSTGRES
+
 __all__ = ["PostgresBackend", "translate_error"]
+
+_log = logging.getLogger(__name__)
 
 _STATEMENTS = Statements(POSTGRES)
 POOL_TIMEOUT_S = 10.0
 """How long a call waits for a free pooled connection before failing."""
+MIN_KEPT_CONNECTIONS = 1
+"""Connections the pool keeps open while idle (fewer if ``max_idle_conns`` says so)."""
+IDLE_SECONDS = 60.0
+"""How long a connection beyond those stays open unused."""
 MIGRATION_LOCK_TIMEOUT_S = 120.0
 """How long ``up``/``down`` wait for another process's migration run to finish."""
 MIGRATION_LOCK_ID = 5887940537704921958
@@ -63,18 +71,15 @@ def translate_error(exc: Exception) -> DatabaseError:
     diag = getattr(exc, "diag", None)
     message = (diag.message_primary if diag is not None else None) or type(exc).__name__
     if isinstance(exc, psycopg.errors.UniqueViolation):
-        return IntegrityViolation("unique", message)
+        return IntegrityViolation(message, kind="unique")
     if isinstance(exc, psycopg.errors.ForeignKeyViolation):
-        return IntegrityViolation("foreign_key", message)
+        return IntegrityViolation(message, kind="foreign_key")
     if isinstance(exc, psycopg.IntegrityError):
-        return IntegrityViolation("other", message)
+        return IntegrityViolation(message)
     if isinstance(exc, PoolTimeout):
-        return DatabaseError(
-            f"no PostgreSQL connection was free within {POOL_TIMEOUT_S:g}s; "
-            "raise DATABASE_POOL_SIZE or lower the load"
-        )
+        return DatabaseError(f"no PostgreSQL connection was free within {POOL_TIMEOUT_S:g}s")
     if isinstance(exc, _RETRYABLE):
-        return TransientError(f"PostgreSQL: {message}; retry")
+        return TransientError(f"PostgreSQL: {message}")
     return DatabaseError(f"PostgreSQL: {message}")
 
 
@@ -112,25 +117,34 @@ def _connection_lost(exc: Exception) -> bool:
     return sqlstate is None or sqlstate.startswith(("08", "57P"))
 
 
-class PostgresBackend(SqlStores):
+class PostgresBackend(SqlBackend):
     """A ``Backend`` on a PostgreSQL database (or one schema of it)."""
 
     def __init__(self, config: FullConfig) -> None:
         self._url = _conninfo(config)
         kwargs: dict[str, Any] = {"autocommit": True}
+        # max_open_conns bounds every server connection of this DB: the pool's, the
+        # migration runner's (lent by the pool) and the probe (closed before the pool
+        # opens one). psycopg_pool keeps min_size connections for ever and closes the
+        # others after IDLE_SECONDS unused: the closest it comes to Go's idle cap.
         self._pool = ConnectionPool(
             self._url,
             kwargs=kwargs,
-            min_size=config.max_idle_conns,
+            min_size=min(MIN_KEPT_CONNECTIONS, config.max_idle_conns),
             max_size=config.max_open_conns,
+            max_idle=IDLE_SECONDS,
             max_lifetime=config.conn_max_lifetime.total_seconds(),
             timeout=POOL_TIMEOUT_S,
             open=False,
             name="llm-proxy-db",
         )
-        super().__init__(
-            PooledExecutor(self._pool.connection, psycopg.Error, self._translate), _STATEMENTS
+        executor = DbApiExecutor(
+            self._pool.connection,
+            dialect=POSTGRES,
+            driver_error=psycopg.Error,
+            translate=self._translate,
         )
+        super().__init__(executor, _STATEMENTS)
         self._probe()
         try:
             self._pool.open(wait=False)
@@ -163,8 +177,17 @@ class PostgresBackend(SqlStores):
         connection instead of the next dead one.
         """
         if _connection_lost(exc):
-            with suppress(Exception):
+            _log.warning(
+                "lost a connection to PostgreSQL at %s (%s, SQLSTATE %s): testing the pool's "
+                "idle connections",
+                describe_target(self._url),
+                type(exc).__name__,
+                getattr(exc, "sqlstate", None) or "none",
+            )
+            try:
                 self._pool.check()
+            except Exception as check_error:
+                _log.debug("the pool check failed: %s", type(check_error).__name__)
         return translate_error(exc)
 
     def close(self) -> None:
@@ -172,62 +195,73 @@ class PostgresBackend(SqlStores):
 
     def health_check(self) -> None:
         try:
-            self._ex.query("SELECT 1")
+            super().health_check()
         except DatabaseError as exc:
-            raise DatabaseError(
-                f"cannot reach PostgreSQL at {describe_target(self._url)}: {exc}"
-            ) from None
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlStores]:
-        try:
-            with (
-                self._pool.connection() as conn,
-                sql_transaction(conn, _STATEMENTS, psycopg.Error, self._translate) as stores,
-            ):
-                yield stores
-        except psycopg.Error as exc:  # checkout failed (pool timeout, server gone)
-            raise self._translate(exc) from None
+            error = DatabaseError(f"cannot reach PostgreSQL at {describe_target(self._url)}: {exc}")
+        else:
+            return
+        raise error
 
     @contextmanager
     def migration_connection(self, *, exclusive: bool = True) -> Iterator[DbApiMigrationConnection]:
-        """One dedicated connection; when ``exclusive``, holding goose's advisory lock for
-        the whole run (read-only calls never wait for another process's migration)."""
-        try:
-            conn = psycopg.connect(self._url, autocommit=True)
-        except psycopg.Error as exc:
-            raise MigrationError(
-                f"cannot connect to run migrations: {translate_error(exc)}"
-            ) from None
-        try:
+        """A connection of the pool, used by the runner alone; when ``exclusive``, holding
+        goose's advisory lock for the whole run, taken and released on it (read-only
+        calls never wait for another process's migration)."""
+        with self.executor.connection() as conn:
+            migration = DbApiMigrationConnection(
+                conn, POSTGRES, driver_error=psycopg.Error, translate=translate_error
+            )
             if not exclusive:
-                yield DbApiMigrationConnection(conn, POSTGRES)
+                yield migration
                 return
             self._lock(conn)
             try:
-                yield DbApiMigrationConnection(conn, POSTGRES)
+                yield migration
             finally:
                 # A dead connection has released its session lock already; never let a
                 # failed unlock hide the run's own error behind a raw psycopg exception.
-                with suppress(psycopg.Error):
+                try:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
-        finally:
-            conn.close()
+                except psycopg.Error as exc:
+                    _log.debug(
+                        "could not release the migration lock on %s (%s): the session's end "
+                        "releases it",
+                        describe_target(self._url),
+                        type(exc).__name__,
+                    )
+                else:
+                    _log.debug("released the migration lock on %s", describe_target(self._url))
 
-    @staticmethod
-    def _lock(conn: psycopg.Connection[Any]) -> None:
+    def _lock(self, conn: psycopg.Connection[Any]) -> None:
+        error: MigrationError | None = None
+        target = describe_target(self._url)
         try:
             conn.execute(f"SET statement_timeout = {int(MIGRATION_LOCK_TIMEOUT_S * 1000)}")
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_ID,)).fetchone()
+            if row is not None and row[0]:
+                _log.debug("took the migration lock on %s", target)
+            else:
+                _log.info(
+                    "another process holds the migration lock on %s: waiting up to %gs for it",
+                    target,
+                    MIGRATION_LOCK_TIMEOUT_S,
+                )
+                started = time.monotonic()
+                conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+                _log.info(
+                    "took the migration lock on %s after waiting %.0f ms",
+                    target,
+                    (time.monotonic() - started) * 1000,
+                )
         except psycopg.errors.QueryCanceled:
-            raise MigrationError(
+            error = MigrationError(
                 f"another process held the migration lock for {MIGRATION_LOCK_TIMEOUT_S:g}s; "
                 "wait for it to finish, then retry"
-            ) from None
+            )
         except psycopg.Error as exc:
-            raise MigrationError(
-                f"cannot take the migration lock: {translate_error(exc)}"
-            ) from None
+            error = MigrationError(f"cannot take the migration lock: {translate_error(exc)}")
         finally:
             with suppress(psycopg.Error):
                 conn.execute("RESET statement_timeout")
+        if error is not None:
+            raise error

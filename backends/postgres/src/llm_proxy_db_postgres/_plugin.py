@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from importlib.resources import files
 
-from llm_proxy_db import (
-    STORAGE_API_VERSION,
-    Backend,
-    BackendSpec,
-    Capabilities,
-    FullConfig,
-    hookimpl,
-)
+from llm_proxy_db import Backend, BackendSpec, Capabilities, FullConfig, hookimpl
 
 
 def _open(config: FullConfig) -> Backend:
@@ -25,7 +18,7 @@ def _open(config: FullConfig) -> Backend:
 def llm_proxy_db_backends() -> Iterator[BackendSpec]:
     yield BackendSpec(
         name="postgres",
-        api_version=STORAGE_API_VERSION,
+        api_version=2,  # the storage API this backend is written for (not the core's)
         factory=_open,
         capabilities=Capabilities(persistent=True, multi_process=True, migrations=True),
         description="PostgreSQL via psycopg 3 and psycopg_pool (DATABASE_URL)",

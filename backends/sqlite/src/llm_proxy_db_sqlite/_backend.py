@@ -1,7 +1,8 @@
-"""The SQLite backend: the shared SQL stores on pooled sqlite3 connections."""
+"""The SQLite backend: the shared SQL store logic on pooled sqlite3 connections."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -11,21 +12,22 @@ from pathlib import Path
 
 from llm_proxy_db import ConfigError, DatabaseError, FullConfig, TransientError
 from llm_proxy_db.sql import (
-    SQLITE,
+    DbApiExecutor,
     DbApiMigrationConnection,
+    Dialect,
     IntegrityViolation,
-    PooledExecutor,
-    SqlStores,
+    SqlBackend,
     Statements,
-    sql_transaction,
 )
 
+from ._dialect import SQLITE
 from ._pool import Connection, ConnectionPool
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["SQLiteBackend", "translate_error"]
+
+_log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
-_STATEMENTS = Statements(SQLITE)
 _UNIQUE_CODES = {2067, 1555}  # SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
 _FOREIGN_KEY_CODE = 787  # SQLITE_CONSTRAINT_FOREIGNKEY
 _BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
@@ -36,12 +38,12 @@ def translate_error(exc: Exception) -> DatabaseError:
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(exc, sqlite3.IntegrityError):
         if code == _FOREIGN_KEY_CODE:
-            return IntegrityViolation("foreign_key", "a foreign key constraint failed")
+            return IntegrityViolation("a foreign key constraint failed", kind="foreign_key")
         if code in _UNIQUE_CODES:
-            return IntegrityViolation("unique", "a unique constraint failed")
-        return IntegrityViolation("other", f"a constraint failed: {exc}")
+            return IntegrityViolation("a unique constraint failed", kind="unique")
+        return IntegrityViolation(f"a constraint failed: {exc}")
     if code is not None and code & 0xFF in _BUSY_CODES:
-        return TransientError(f"SQLite is busy: {exc}; retry")
+        return TransientError(f"SQLite is busy: {exc}")
     return DatabaseError(f"SQLite error: {exc}")
 
 
@@ -68,20 +70,36 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
     # Switching a new file to WAL needs a lock that busy_timeout does not wait for: when
     # several processes open a fresh file at once, retry for a while instead of failing.
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    attempt = 0
     while True:
+        attempt += 1
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if "locked" not in str(exc):
                 raise
+            if time.monotonic() > deadline:
+                _log.warning(
+                    "switching SQLite to WAL: the database stayed locked for %gs (%d attempts); "
+                    "giving up",
+                    BUSY_TIMEOUT_MS / 1000,
+                    attempt,
+                )
+                raise
+            _log.debug("switching SQLite to WAL: the database is locked; retry %d", attempt)
             time.sleep(0.01)
 
 
-class SQLiteBackend(SqlStores):
-    """A ``Backend`` on one SQLite database file (or ``:memory:``)."""
+class SQLiteBackend(SqlBackend):
+    """A ``Backend`` on one SQLite database file (or ``:memory:``).
 
-    def __init__(self, config: FullConfig) -> None:
+    ``dialect`` is :data:`SQLITE` unless a test asks for a variant (for example one
+    without ``UPDATE ... RETURNING``, the path MySQL takes).
+    """
+
+    def __init__(self, config: FullConfig, *, dialect: Dialect = SQLITE) -> None:
+        self._dialect = dialect
         self._path = _database_file(config.path)
         in_memory = self._path == ":memory:"
         if in_memory:
@@ -94,9 +112,13 @@ class SQLiteBackend(SqlStores):
             max_lifetime=float("inf") if in_memory else config.conn_max_lifetime.total_seconds(),
             timeout=BUSY_TIMEOUT_MS / 1000 * 3,
         )
-        super().__init__(
-            PooledExecutor(self._pool.connection, sqlite3.Error, translate_error), _STATEMENTS
+        executor = DbApiExecutor(
+            self._pool.connection,
+            dialect=dialect,
+            driver_error=sqlite3.Error,
+            translate=translate_error,
         )
+        super().__init__(executor, Statements(dialect))
         self._in_memory = in_memory
 
     def _connect(self) -> Connection:
@@ -134,19 +156,10 @@ class SQLiteBackend(SqlStores):
         if self._in_memory:
             self._shared.close()
 
-    def health_check(self) -> None:
-        self._ex.query("SELECT 1")
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlStores]:
-        with (
-            self._pool.connection() as conn,
-            sql_transaction(conn, _STATEMENTS, sqlite3.Error, translate_error) as stores,
-        ):
-            yield stores
-
     @contextmanager
     def migration_connection(self, *, exclusive: bool = True) -> Iterator[DbApiMigrationConnection]:
         # Each file's BEGIN IMMEDIATE transaction serialises writers: no lock is needed.
-        with self._pool.connection() as conn:
-            yield DbApiMigrationConnection(conn, SQLITE)
+        with self.executor.connection() as conn:
+            yield DbApiMigrationConnection(
+                conn, self._dialect, driver_error=sqlite3.Error, translate=translate_error
+            )

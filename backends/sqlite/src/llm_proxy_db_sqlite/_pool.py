@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -11,6 +12,8 @@ from types import TracebackType
 from llm_proxy_db import DatabaseError
 
 __all__ = ["Connection", "ConnectionPool"]
+
+_log = logging.getLogger(__name__)
 
 
 class Connection(sqlite3.Connection):
@@ -72,6 +75,7 @@ class ConnectionPool:
             self._forget_one()
             raise
         conn.opened_at = time.monotonic()
+        _log.debug("opened a SQLite connection (%d of at most %d open)", self._open, self._max_open)
         return conn
 
     def _take_idle(self, retired: list[Connection]) -> Connection | None:
@@ -86,6 +90,11 @@ class ConnectionPool:
                 return conn
             retired.append(conn)
             self._open -= 1
+            _log.debug(
+                "retiring a SQLite connection open for %.0fs (max_lifetime %gs)",
+                now - conn.opened_at,
+                self._max_lifetime,
+            )
         if self._waiting:
             self._released.notify_all()  # room was made for more than this caller
         return None
@@ -94,10 +103,20 @@ class ConnectionPool:
         # Called with the lock held; returns when a connection is idle or may be opened.
         deadline = time.monotonic() + self._timeout
         self._waiting += 1
+        _log.debug(
+            "all %d SQLite connections are busy: waiting up to %gs for one",
+            self._max_open,
+            self._timeout,
+        )
         try:
             while not self._idle and self._open >= self._max_open:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._released.wait(remaining):
+                    _log.warning(
+                        "all %d SQLite connections stayed busy for %gs: giving up",
+                        self._max_open,
+                        self._timeout,
+                    )
                     raise DatabaseError(
                         f"all {self._max_open} SQLite connections stayed busy for "
                         f"{self._timeout:g}s; raise max_open_conns (DATABASE_POOL_SIZE) "
@@ -109,18 +128,30 @@ class ConnectionPool:
             self._waiting -= 1
 
     def release(self, conn: Connection) -> None:
+        failed: str | None = None
         try:
             if conn.in_transaction:
                 conn.rollback()
             keep = time.monotonic() - conn.opened_at < self._max_lifetime
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             keep = False
+            failed = type(exc).__name__  # only the type: the text is the driver's
         with self._lock:
             if keep and not self._closed and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
                 if self._waiting:
                     self._released.notify()
                 return
+            closed = self._closed
+        if failed is not None:
+            _log.warning("discarding a SQLite connection: its rollback failed (%s)", failed)
+        elif not keep:
+            _log.debug("retiring a released SQLite connection past max_lifetime")
+        else:
+            _log.debug(
+                "closing a released SQLite connection: %s",
+                "the pool is closed" if closed else "max_idle connections are idle already",
+            )
         conn.close()
         self._forget_one()
 

@@ -4,11 +4,15 @@ Every failure ends as ONE line on stderr, ``error: <what was wrong>; <what to do
 ``--json``, also ``{"error": {...}}`` on stdout), and an exit code: 2 when the input was
 rejected before the store was asked (usage, configuration, malformed values), 1 when the
 store refused or failed. A traceback is printed only with ``--debug``.
+
+What was wrong is the error's message, never parsed; what to do is chosen here, from the
+error's class and attributes (the library's messages only say what happened).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,32 +21,38 @@ from typing import NoReturn
 import click
 
 from .. import (
+    AlreadyExistsError,
     AuditEventNotFoundError,
     BackendNotFoundError,
     ConfigError,
     DatabaseError,
     MigrationError,
+    NotFoundError,
     ProjectExistsError,
     ProjectInactiveError,
     ProjectNotFoundError,
+    TokenExistsError,
     TokenExpiredError,
     TokenInactiveError,
     TokenLimitReachedError,
     TokenNotFoundError,
+    TokenUsageError,
     TransientError,
     __version__,
 )
 from ._admin import backends, health, stats
 from ._audit import audit
-from ._migrate import migrate
+from ._migrate import NoMigrationsError, migrate
 from ._output import echo_document
 from ._projects import project
 from ._state import State
 from ._tokens import token
+from ._usage import HintedBadParameter, HintedUsageError
 
 __all__ = ["cli", "main", "run"]
 
 PROG = "llm-proxy-db"
+_CLI_PACKAGE = __name__.rpartition(".")[0]
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
 
@@ -50,20 +60,21 @@ _CONFIG_HINT = (
     "check --driver/--database-path/--database-url (or DB_DRIVER, DATABASE_PATH, DATABASE_URL)"
 )
 _VALUE_HINT = f"check the values given; see '{PROG} --help'"
-_HINTS: tuple[tuple[type[BaseException], str], ...] = (
+_HINTS: tuple[tuple[type[DatabaseError], str], ...] = (
     (ProjectNotFoundError, f"see the projects with '{PROG} project list'"),
     (TokenNotFoundError, f"see the tokens with '{PROG} token list'"),
     (AuditEventNotFoundError, f"see the events with '{PROG} audit list'"),
+    (NotFoundError, "check the id or name given"),
     (ProjectExistsError, f"choose another name, or see '{PROG} project list'"),
-    (
-        TokenLimitReachedError,
-        f"reset it with '{PROG} token reset-usage' or issue a new token with '{PROG} token create'",
-    ),
-    (TokenExpiredError, f"issue a new token with '{PROG} token create'"),
-    (TokenInactiveError, f"issue a new token with '{PROG} token create'"),
-    (ProjectInactiveError, f"activate the project with '{PROG} project activate'"),
+    (TokenExistsError, f"run '{PROG} token create' again: it draws a new token"),
+    (AlreadyExistsError, "choose another id"),
+    (TokenUsageError, f"see the token with '{PROG} token show'"),
     (BackendNotFoundError, f"see what is installed with '{PROG} backends'"),
     (ConfigError, _CONFIG_HINT),
+    (
+        NoMigrationsError,
+        f"only SQL backends have them: choose one with --driver (see '{PROG} backends')",
+    ),
     (MigrationError, f"see '{PROG} migrate status'"),
     (TransientError, "try again"),
     (
@@ -72,6 +83,7 @@ _HINTS: tuple[tuple[type[BaseException], str], ...] = (
         "--database-url (or DB_DRIVER, DATABASE_PATH, DATABASE_URL) name it",
     ),
 )
+"""The hint for each class of library error, most specific first (refined in ``_hint``)."""
 
 _EPILOG = f"""\b
 Exit codes: 0 done; 1 the store refused or failed (unknown id, name taken,
@@ -136,22 +148,54 @@ def _one_line(text: str) -> str:
     return line[:-1] if line.endswith(".") and not line.endswith("...") else line
 
 
+def _suggest(words: str, *args: str | None) -> str:
+    """A command line to suggest: ``llm-proxy-db WORDS ARGS``, the known args quoted."""
+    return " ".join([PROG, words, *(shlex.quote(arg) for arg in args if arg)])
+
+
+def _hint(exc: DatabaseError) -> str:
+    """What to do about a library error: by its class, made precise by its attributes."""
+    if isinstance(exc, TokenLimitReachedError):
+        project = ["--project", exc.project_id] if exc.project_id else []
+        return (
+            f"reset its count with '{_suggest('token reset-usage', exc.masked_token)}' or issue "
+            f"a new token with '{_suggest('token create', *project)}'"
+        )
+    if isinstance(exc, TokenExpiredError | TokenInactiveError):
+        project = ["--project", exc.project_id] if exc.project_id else []
+        return f"issue a new token with '{_suggest('token create', *project)}'"
+    if isinstance(exc, ProjectInactiveError):
+        return f"activate the project with '{_suggest('project activate', exc.project_id)}'"
+    return next(hint for kind, hint in _HINTS if isinstance(exc, kind))
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """What was wrong in a usage error, and what to do: its own hint, a close match click
+    found, or the command's ``--help``."""
+    if isinstance(exc, HintedUsageError | HintedBadParameter):
+        return f"{_one_line(exc.format_message())}; {exc.hint}"
+    # click's NoSuchOption and NoSuchCommand suggest close matches; their ``message`` is
+    # without the suggestion, which goes last as the hint.
+    possibilities: list[str] = getattr(exc, "possibilities", None) or []
+    if possibilities:
+        matches = ", ".join(repr(p) for p in sorted(possibilities))
+        one = len(possibilities) == 1
+        return f"{_one_line(exc.message)}; did you mean {matches if one else 'one of ' + matches}?"
+    command = exc.ctx.command_path if exc.ctx else PROG
+    return f"{_one_line(exc.format_message())}; see '{command} --help'"
+
+
 def _describe(exc: BaseException) -> tuple[int, str]:
     """The exit code and the error line (without ``error: ``) for ``exc``."""
     if isinstance(exc, click.UsageError):
-        message = _one_line(exc.format_message()).replace(". Did you mean", "; did you mean")
-        if "; " not in message:
-            command = exc.ctx.command_path if exc.ctx else PROG
-            message += f"; see '{command} --help'"
-        return USAGE_EXIT, message
+        return USAGE_EXIT, _usage_message(exc)
     if isinstance(exc, click.ClickException):
         return exc.exit_code, _one_line(exc.format_message())
-    if isinstance(exc, ValueError):  # ConfigError and BackendNotFoundError included
-        code = USAGE_EXIT
-        hint = next((h for kind, h in _HINTS if isinstance(exc, kind)), _VALUE_HINT)
-    elif isinstance(exc, DatabaseError):
-        code = FAILURE_EXIT
-        hint = next(h for kind, h in _HINTS if isinstance(exc, kind))
+    if isinstance(exc, DatabaseError):  # ConfigError (a ValueError too) is bad input
+        code = USAGE_EXIT if isinstance(exc, ValueError) else FAILURE_EXIT
+        hint = _hint(exc)
+    elif isinstance(exc, ValueError):
+        code, hint = USAGE_EXIT, _VALUE_HINT
     elif isinstance(exc, OSError):
         code, hint = FAILURE_EXIT, "check the file or device named above"
     else:
@@ -159,9 +203,16 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         hint = f"this is a bug: rerun with '{PROG} --debug ...' and report the traceback"
         return code, f"internal error {type(exc).__name__}: {_one_line(str(exc))}; {hint}"
     message = _one_line(str(exc)) or type(exc).__name__
-    if "; " not in message:
-        message += f"; {hint}"
-    return code, message
+    return code, f"{message}; {hint}"
+
+
+def _public_type(exc: BaseException) -> str:
+    """The class name the JSON error document reports: that of ``exc``, or for the CLI's
+    own subclasses (``NoMigrationsError``, ``HintedUsageError``...) of the nearest library
+    or click class they refine."""
+    return next(
+        kind.__name__ for kind in type(exc).__mro__ if not kind.__module__.startswith(_CLI_PACKAGE)
+    )
 
 
 def _report(state: State, exc: BaseException) -> int:
@@ -169,9 +220,7 @@ def _report(state: State, exc: BaseException) -> int:
     if state.debug:
         traceback.print_exception(exc)
     if state.json:
-        echo_document(
-            {"error": {"type": type(exc).__name__, "message": message, "exit_code": code}}
-        )
+        echo_document({"error": {"type": _public_type(exc), "message": message, "exit_code": code}})
     click.echo(f"error: {message}", err=True)
     return code
 

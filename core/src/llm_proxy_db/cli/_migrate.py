@@ -18,7 +18,11 @@ from ._state import State, pass_state
 if TYPE_CHECKING:
     from ..sql import Migrations
 
-__all__ = ["migrate"]
+__all__ = ["NoMigrationsError", "migrate"]
+
+
+class NoMigrationsError(MigrationError):
+    """The selected backend has no schema migrations (only SQL backends have them)."""
 
 
 @click.group()
@@ -33,10 +37,7 @@ def migrate() -> None:
 def _migrations(state: State) -> Migrations:
     db = state.db(auto_migrate=False)
     if db.backend_spec.migrations is None:
-        raise MigrationError(
-            f"the {db.backend_spec.name} backend has no schema migrations; "
-            "there is nothing to migrate (only SQL backends such as sqlite and postgres have them)"
-        )
+        raise NoMigrationsError(f"the {db.backend_spec.name} backend has no schema migrations")
     return db.migrations
 
 

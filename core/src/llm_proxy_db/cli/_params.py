@@ -10,11 +10,13 @@ import click
 
 from .. import parse_duration
 from ._state import State
+from ._usage import HintedBadParameter
 
 __all__ = ["duration_option", "json_option", "moment_option"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _LONGEST = timedelta(days=36525)
+_DURATIONS = "use e.g. 30d, 12h, 1h30m"
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -24,11 +26,13 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     try:
         duration = parse_duration(value)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a duration; use e.g. 30d, 12h, 1h30m", ctx, param
+        raise HintedBadParameter(
+            f"{value!r} is not a duration", hint=_DURATIONS, ctx=ctx, param=param
         ) from None
     if duration <= timedelta(0):
-        raise click.BadParameter(f"{value!r} is not positive; use e.g. 30d, 12h, 1h30m", ctx, param)
+        raise HintedBadParameter(
+            f"{value!r} is not positive", hint=_DURATIONS, ctx=ctx, param=param
+        )
     if duration > _LONGEST:
         raise click.BadParameter(f"{value!r} is longer than 100 years", ctx, param)
     return duration
@@ -50,11 +54,11 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a duration nor an ISO 8601 time; use e.g. 24h, "
-            "2024-05-01 or 2024-05-01T12:00:00+02:00",
-            ctx,
-            param,
+        raise HintedBadParameter(
+            f"{text!r} is neither a duration nor an ISO 8601 time",
+            hint="use e.g. 24h, 2024-05-01 or 2024-05-01T12:00:00+02:00",
+            ctx=ctx,
+            param=param,
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -14,10 +14,12 @@ from ._output import echo_document, fields, project_document, table, when
 from ._params import json_option
 from ._resolve import read_secret, resolve_project
 from ._state import State, pass_state
+from ._usage import HintedBadParameter, HintedUsageError
 
 __all__ = ["project"]
 
 _KEY = "upstream API key"
+_NAME_IT = "give the project a name"
 _CHANGED_NAMES = {"openai_api_key": "api_key"}
 """How the audit metadata names a changed field (never the key itself, of course)."""
 
@@ -89,7 +91,7 @@ def create(
             "give the upstream API key with exactly one of --api-key-stdin or --api-key-env VAR"
         )
     if not name.strip():
-        raise click.BadParameter("the name is empty; give the project a name", param_hint="NAME")
+        raise HintedBadParameter("the name is empty", hint=_NAME_IT, param_hint="NAME")
     key = read_secret(_KEY, from_stdin=api_key_stdin, env_var=api_key_env)
     new = Project(name=name.strip(), openai_api_key=key)
     if exist_ok:
@@ -152,9 +154,11 @@ def update(
     if api_key_stdin and api_key_env is not None:
         raise click.UsageError("give at most one of --api-key-stdin or --api-key-env VAR")
     if name is None and not api_key_stdin and api_key_env is None:
-        raise click.UsageError("nothing to update; give --name and/or --api-key-stdin")
+        raise HintedUsageError(
+            "nothing to update", hint="give --name and/or --api-key-stdin or --api-key-env VAR"
+        )
     if name is not None and not name.strip():
-        raise click.BadParameter("the name is empty; give the project a name", param_hint="--name")
+        raise HintedBadParameter("the name is empty", hint=_NAME_IT, param_hint="--name")
     changes: dict[str, Any] = {}
     if name is not None:
         changes["name"] = name.strip()
@@ -235,8 +239,8 @@ def delete(state: State, project_ref: str, yes: bool) -> None:
     JSON: {"id": ..., "name": ..., "deleted": true, "deleted_tokens": N}.
     """
     if not yes:
-        raise click.UsageError(
-            "deleting a project also deletes its tokens and cannot be undone; add --yes"
+        raise HintedUsageError(
+            "deleting a project also deletes its tokens and cannot be undone", hint="add --yes"
         )
 
     def change(tx: Stores, trail: Trail) -> tuple[Project, int]:

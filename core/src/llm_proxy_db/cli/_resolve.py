@@ -16,6 +16,7 @@ from .. import (
     TokenNotFoundError,
     mask_token,
 )
+from ._usage import HintedUsageError
 
 __all__ = [
     "MIN_PREFIX",
@@ -50,7 +51,9 @@ def read_secret(what: str, *, from_stdin: bool, env_var: str | None) -> str:
         source = f"the environment variable {env_var}"
     value = value.strip()
     if not value:
-        raise click.UsageError(f"the {what} from {source} is empty; provide a non-empty value")
+        raise HintedUsageError(
+            f"the {what} from {source} is empty", hint="provide a non-empty value"
+        )
     return value
 
 
@@ -59,7 +62,9 @@ def token_argument(value: str) -> str:
     if value == "-":
         value = sys.stdin.readline().strip()
         if not value:
-            raise click.UsageError('no token on stdin; pipe the token in, e.g. echo "$TOKEN" |')
+            raise HintedUsageError(
+                "no token on stdin", hint='pipe the token in, e.g. echo "$TOKEN" |'
+            )
     return value
 
 
@@ -78,7 +83,7 @@ def resolve_project(store: Stores, ref: str) -> Project:
     for project in store.list_projects():
         if project.name == ref:
             return project
-    raise ProjectNotFoundError(f"no project has the id or name {ref!r}")
+    raise ProjectNotFoundError(f"no project has the id or name {ref!r}", key=ref)
 
 
 def resolve_token(store: Stores, ref: str, *, partial: bool = True) -> Token:
@@ -97,9 +102,9 @@ def resolve_token(store: Stores, ref: str, *, partial: bool = True) -> Token:
     else:
         prefix, suffix = ref, ""
     if len(prefix) < MIN_PREFIX:
-        raise click.UsageError(
-            f"token prefix {display_token(ref)!r} is too short; give at least {MIN_PREFIX} "
-            "characters, as 'llm-proxy-db token list' shows them"
+        raise HintedUsageError(
+            f"token prefix {display_token(ref)!r} is too short",
+            hint=f"give at least {MIN_PREFIX} characters, as 'llm-proxy-db token list' shows them",
         )
     matches = [
         token
@@ -109,10 +114,11 @@ def resolve_token(store: Stores, ref: str, *, partial: bool = True) -> Token:
         and len(token.token) >= len(prefix) + len(suffix)
     ]
     if not matches:
-        raise TokenNotFoundError(f"no token matches {display_token(ref)!r}")
+        shown = display_token(ref)
+        raise TokenNotFoundError(f"no token matches {shown!r}", key=shown)
     if len(matches) > 1:
-        raise click.UsageError(
-            f"{display_token(ref)!r} matches {len(matches)} tokens; give more characters "
-            "or the whole token"
+        raise HintedUsageError(
+            f"{display_token(ref)!r} matches {len(matches)} tokens",
+            hint="give more characters or the whole token",
         )
     return matches[0]

@@ -14,6 +14,7 @@ from ._output import echo_document, fields, table, token_document, token_status,
 from ._params import duration_option, json_option
 from ._resolve import MIN_PREFIX, display_token, resolve_project, resolve_token, token_argument
 from ._state import State, pass_state
+from ._usage import HintedUsageError
 
 __all__ = ["token"]
 
@@ -112,7 +113,7 @@ def create(
     scripts) and --json do not combine.
     """
     if quiet and state.json:
-        raise click.UsageError("--quiet and --json do not combine; choose one")
+        raise HintedUsageError("--quiet and --json do not combine", hint="choose one")
     expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
 
     def change(tx: Stores, trail: Trail) -> tuple[Token, Project]:
@@ -252,7 +253,9 @@ def delete(state: State, token_ref: str, yes: bool) -> None:
     JSON: {"token": masked, "project_id": ..., "deleted": true}.
     """
     if not yes:
-        raise click.UsageError("deleting a token cannot be undone; add --yes (or revoke it)")
+        raise HintedUsageError(
+            "deleting a token cannot be undone", hint="add --yes (or revoke the token instead)"
+        )
     ref = token_argument(token_ref)
 
     def apply(tx: Stores, found: Token) -> Token:
@@ -281,16 +284,19 @@ def use(state: State, token_ref: str) -> None:
     """
     ref = token_argument(token_ref)
     if "..." in ref:
-        raise click.UsageError(
-            "'token use' needs the whole token, not its masked form; pass it or '-' for stdin"
+        raise HintedUsageError(
+            "'token use' needs the whole token, not its masked form",
+            hint="pass it, or '-' to read it from stdin",
         )
 
     def change(tx: Stores, trail: Trail) -> Token:
         try:
             counted = tx.increment_token_usage(ref)
-        except TokenUsageError:  # refused, not unknown: say whose token it was
-            with suppress(DatabaseError):
-                trail.project_id = tx.get_token_by_id(ref).project_id
+        except TokenUsageError as refused:  # refused, not unknown: say whose token it was
+            trail.project_id = refused.project_id
+            if trail.project_id is None:  # a backend that does not tell
+                with suppress(DatabaseError):
+                    trail.project_id = tx.get_token_by_id(ref).project_id
             raise
         trail.project_id = counted.project_id
         trail.metadata["request_count"] = counted.request_count

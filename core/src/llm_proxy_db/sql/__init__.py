@@ -1,14 +1,21 @@
-"""What SQL backends share: statements, row conversion, timestamp codecs, the store
-methods over a small executor, and the goose-compatible migration runner.
+"""What SQL backends share: the store logic, its executors, statements, row conversion,
+timestamp codecs and the goose-compatible migration runner.
 
-A SQL backend supplies a connection (or pool), a ``Dialect`` and a function that maps its
-driver's exceptions onto the core's errors; everything else is here, once.
+This module is part of the backend-author interface (versioned by
+``llm_proxy_db.STORAGE_API_VERSION``). A SQL backend supplies a :class:`Dialect` (its
+differences as data), a connection pool, a ``translate`` function mapping its driver's
+exceptions onto the core's errors, and executors (:class:`DbApiExecutor` and
+:class:`AsyncDbApiExecutor` fit DB-API drivers); the store logic is here, once, and runs
+on either executor.
 """
 
 from __future__ import annotations
 
-from ._dialect import POSTGRES, SQLITE, Dialect
+from ._dialect import Dialect
+from ._execute import AsyncDbApiExecutor, AsyncExecutor, DbApiExecutor, Executor
 from ._goose import Migration, load_migrations, parse_migration
+from ._integrity import IntegrityViolation, Translate, ViolationKind
+from ._logic import StoreLogic
 from ._migrate import (
     DbApiMigrationConnection,
     MigrationConnection,
@@ -16,16 +23,9 @@ from ._migrate import (
     MigrationStatus,
     MigrationTarget,
 )
+from ._operation import Flow, Operation, Step, Steps
 from ._statements import RowCodec, Statements
-from ._store import (
-    ConnectionExecutor,
-    Executor,
-    IntegrityViolation,
-    PooledExecutor,
-    SqlStores,
-    Translate,
-    sql_transaction,
-)
+from ._stores import AsyncSqlStores, SqlBackend, SqlStores
 from ._timestamps import (
     decode_naive_utc,
     decode_text_timestamp,
@@ -34,28 +34,34 @@ from ._timestamps import (
 )
 
 __all__ = [
-    "POSTGRES",
-    "SQLITE",
-    "ConnectionExecutor",
+    "AsyncDbApiExecutor",
+    "AsyncExecutor",
+    "AsyncSqlStores",
+    "DbApiExecutor",
     "DbApiMigrationConnection",
     "Dialect",
     "Executor",
+    "Flow",
     "IntegrityViolation",
     "Migration",
     "MigrationConnection",
     "MigrationStatus",
     "MigrationTarget",
     "Migrations",
-    "PooledExecutor",
+    "Operation",
     "RowCodec",
+    "SqlBackend",
     "SqlStores",
     "Statements",
+    "Step",
+    "Steps",
+    "StoreLogic",
     "Translate",
+    "ViolationKind",
     "decode_naive_utc",
     "decode_text_timestamp",
     "encode_naive_utc",
     "encode_text_timestamp",
     "load_migrations",
     "parse_migration",
-    "sql_transaction",
 ]

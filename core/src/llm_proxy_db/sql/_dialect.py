@@ -1,4 +1,10 @@
-"""The tiny dialect object that parameterises everything SQL backends share."""
+"""The dialect: what differs between SQL databases, as named data.
+
+Core names no built-in dialect: each SQL backend defines its own ``Dialect`` (the SQLite
+one lives in ``llm_proxy_db_sqlite``, the PostgreSQL one in ``llm_proxy_db_postgres``).
+The store logic (:mod:`._logic`) and the statements (:mod:`._statements`) branch on these
+fields, never on a dialect's name.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +15,30 @@ from typing import Any, Literal
 
 import attrs
 
-from ._timestamps import (
-    decode_naive_utc,
-    decode_text_timestamp,
-    encode_naive_utc,
-    encode_text_timestamp,
-)
-
-__all__ = ["POSTGRES", "SQLITE", "Dialect"]
+__all__ = ["Dialect"]
 
 _QMARK = re.compile(r"\?")
 
 
+def _one_character(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or len(value) != 1 or value in "\\'%_":
+        raise ValueError(
+            f"{attribute.name} must be one character other than a backslash, a quote, "
+            f"'%' or '_', got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Dialect:
-    """How one SQL database differs: placeholders, value codecs, a few statements.
+    """How one SQL database differs: placeholders, value codecs, a few statements and the
+    features the store logic relies on.
 
     Statements are written once with ``?`` placeholders; :meth:`sql` rewrites them for
     drivers that use ``%s``.
     """
 
     name: str
+    """Names the dialect in messages (``llm-proxy-db-<name>`` is the distribution to upgrade)."""
     paramstyle: Literal["qmark", "format"]
     encode_time: Callable[[datetime], Any]
     decode_time: Callable[[Any], datetime]
@@ -39,13 +48,31 @@ class Dialect:
     """goose's ``goose_db_version`` table, in goose's layout for this dialect."""
     size_query: str
     """One row, one column: the bytes the database (or this schema's tables) take."""
-    comparable_time_template: str = "{column}"
-    """SQL that makes a stored time column comparable with an encoded parameter."""
+    update_returning: bool = True
+    """``UPDATE ... RETURNING`` is available. Without it an update that returns the row is
+    an UPDATE and a SELECT on one connection in one transaction."""
+    rowcount: Literal["matched", "changed"] = "matched"
+    """What the driver's rowcount of an UPDATE counts: rows the WHERE clause matched
+    (SQLite, PostgreSQL) or only rows whose values changed (MySQL without
+    ``CLIENT.FOUND_ROWS``). With ``"changed"``, a count of 0 is followed by a read that
+    tells "not found" from "already so"."""
+    like_escape: str = attrs.field(default="!", validator=_one_character)
+    """The ``LIKE ... ESCAPE`` character: portable, never a backslash (a syntax error under
+    MySQL's default ``sql_mode``)."""
+    transactional_ddl: bool = True
+    """A failed migration file's DDL rolls back with its transaction (not so on MySQL)."""
+    insert_or_ignore: str = (
+        "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
+    )
+    """An INSERT that skips a row whose key exists: ``{table}``, ``{columns}``, ``{values}``
+    are filled in (MySQL: ``INSERT IGNORE INTO ...``)."""
     binary_collation: str = ""
     """Appended to a text column in ORDER BY so it sorts by code point (byte order of the
     UTF-8 text), as the memory backend's Python ``str`` comparison does: ``''`` where that
     is already the default (SQLite's ``BINARY``), ``' COLLATE "C"'`` for PostgreSQL, whose
     default follows the database's locale (under ``en_US``, ``'a' < 'B'``)."""
+    comparable_time_template: str = "{column}"
+    """SQL that makes a stored time column comparable with an encoded parameter."""
 
     def binary_order(self, column: str) -> str:
         """``column`` as an ORDER BY key that sorts text by code point."""
@@ -55,58 +82,22 @@ class Dialect:
         """``column`` as an expression that compares correctly with ``encode_time`` values."""
         return self.comparable_time_template.replace("{column}", column)
 
+    def insert_ignoring_duplicates(self, table: str, columns: str) -> str:
+        """An INSERT of one row into ``table`` that does nothing if its key exists, with a
+        ``?`` placeholder per column (in this dialect's style)."""
+        values = ", ".join("?" for _ in columns.split(","))
+        return self.sql(self.insert_or_ignore.format(table=table, columns=columns, values=values))
+
+    def like_pattern(self, text: str) -> str:
+        """A ``LIKE`` pattern matching ``text`` (lower-cased) literally anywhere, escaped
+        with :attr:`like_escape`."""
+        escape = self.like_escape
+        escaped = text.lower().replace(escape, escape * 2)
+        escaped = escaped.replace("%", escape + "%").replace("_", escape + "_")
+        return f"%{escaped}%"
+
     def sql(self, statement: str) -> str:
         """``statement`` with its ``?`` placeholders in this dialect's style."""
         if self.paramstyle == "qmark":
             return statement
         return _QMARK.sub("%s", statement.replace("%", "%%"))
-
-
-SQLITE = Dialect(
-    name="sqlite",
-    paramstyle="qmark",
-    encode_time=encode_text_timestamp,
-    decode_time=decode_text_timestamp,
-    begin_write="BEGIN IMMEDIATE",
-    version_table_ddl=(
-        "CREATE TABLE IF NOT EXISTS goose_db_version (\n"
-        "    id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
-        "    version_id INTEGER NOT NULL,\n"
-        "    is_applied INTEGER NOT NULL,\n"
-        "    tstamp TIMESTAMP DEFAULT (datetime('now'))\n"
-        ")"
-    ),
-    size_query="SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-    # Our own values (UTC text, space separator) compare as text. A value another writer
-    # left in another form (the Go driver's local offsets, a 'T', no offset) is rewritten
-    # to UTC text first, at millisecond precision (all SQLite's date functions keep).
-    comparable_time_template=(
-        "(CASE WHEN {column} LIKE '____-__-__ __:__:__%+00:00' THEN {column} "
-        "ELSE rtrim(rtrim(strftime('%Y-%m-%d %H:%M:%f', {column}), '0'), '.') || '+00:00' END)"
-    ),
-)
-
-POSTGRES = Dialect(
-    name="postgres",
-    paramstyle="format",
-    encode_time=encode_naive_utc,
-    decode_time=decode_naive_utc,
-    begin_write="BEGIN",
-    version_table_ddl=(
-        "CREATE TABLE IF NOT EXISTS goose_db_version (\n"
-        "    id serial NOT NULL,\n"
-        "    version_id bigint NOT NULL,\n"
-        "    is_applied boolean NOT NULL,\n"
-        "    tstamp timestamp NULL default now(),\n"
-        "    PRIMARY KEY(id)\n"
-        ")"
-    ),
-    size_query=(
-        "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-    ),
-    # The hot-path indexes (migration 00100) declare the same collation on these columns,
-    # so ORDER BY ... COLLATE "C" is still read from them.
-    binary_collation=' COLLATE "C"',
-)

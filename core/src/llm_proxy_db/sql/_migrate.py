@@ -11,6 +11,11 @@ CLI (and the Go llm-proxy) and this runner read each other's databases:
   and that transaction first re-reads the applied versions, so two processes running
   ``up`` at once never apply one version twice (SQLite: ``BEGIN IMMEDIATE`` serialises
   them; PostgreSQL: the target holds an advisory lock for the whole run);
+* ``up`` first reads the applied versions without the exclusive connection (no lock):
+  with nothing pending it returns at once, so opening an up-to-date database never
+  waits for another process's migration run;
+* errors are the backend's translated ones (primary message only, never a driver's
+  detail, which may quote a token), and no driver exception is chained to them;
 * a database with an applied version that no shipped file has is refused (before any
   change): versions 1-3 are the Go llm-proxy's, its later ones number on from 4, and this
   package's own number from 100, so a database the Go program migrated further is told
@@ -22,6 +27,8 @@ any DB-API connection in autocommit mode.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
@@ -30,10 +37,11 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._errors import MigrationError
-from .._models import utcnow
+from .._clock import utcnow
+from .._errors import DatabaseError, MigrationError
 from ._dialect import Dialect
 from ._goose import Migration, load_migrations
+from ._integrity import Translate
 
 __all__ = [
     "DbApiMigrationConnection",
@@ -44,6 +52,7 @@ __all__ = [
 ]
 
 _VERSION_TABLE = "goose_db_version"
+_log = logging.getLogger(__name__)
 
 
 class MigrationConnection(Protocol):
@@ -90,11 +99,22 @@ class DbApiMigrationConnection:
 
     sqlite3 with ``isolation_level=None``; psycopg with ``autocommit=True``. Statements
     with parameters go through ``dialect.sql()`` for the driver's placeholder style.
+    ``driver_error`` exceptions come out translated by ``translate`` (the backend's own
+    mapping), with no driver exception attached.
     """
 
-    def __init__(self, connection: Any, dialect: Dialect) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        dialect: Dialect,
+        *,
+        driver_error: type[Exception],
+        translate: Translate,
+    ) -> None:
         self._connection = connection
         self._dialect = dialect
+        self._driver_error = driver_error
+        self._translate = translate
         self._in_transaction = False
 
     @property
@@ -102,6 +122,13 @@ class DbApiMigrationConnection:
         return self._dialect
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._execute(statement, params)
+        except self._driver_error as exc:
+            error = self._translate(exc)
+        raise error  # outside the except block: the driver's exception is not attached
+
+    def _execute(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         cursor = self._connection.cursor()
         try:
             if params:
@@ -161,6 +188,14 @@ def _version_list(versions: Sequence[int], most: int = 8) -> str:
     return f"{head}, ..., {versions[-1]} ({len(versions)} versions)"
 
 
+def _reason(exc: BaseException) -> str:
+    """What may be said of ``exc``: a library error's message (translated: primary message
+    only); of anything else only its type, as its text may quote a secret."""
+    if isinstance(exc, DatabaseError):
+        return str(exc)
+    return f"{type(exc).__name__} (untranslated driver error)"
+
+
 def _describe(statement: str) -> str:
     first = next((line.strip() for line in statement.splitlines() if line.strip()), "")
     return first if len(first) <= 80 else first[:77] + "..."
@@ -199,6 +234,10 @@ class Migrations:
                 f"to {self.latest}"
             )
         limit = self.latest if target is None else target
+        pending = self._pending(limit)
+        if not pending:
+            _log.debug("migrate up: nothing pending up to version %d", limit)
+            return []
         applied_now: list[int] = []
         with self._target.migration_connection() as conn:
             self._ensure_version_table(conn)
@@ -208,6 +247,13 @@ class Migrations:
                 if migration.version > limit:
                     break
                 if migration.version in applied:
+                    if migration.version in pending:
+                        _log.debug(
+                            "skipped migration %s (version %d, up): another process applied "
+                            "it meanwhile",
+                            migration.source,
+                            migration.version,
+                        )
                     continue
                 if self._run(conn, migration, up=True):
                     applied_now.append(migration.version)
@@ -221,6 +267,7 @@ class Migrations:
             while True:
                 newest = max(self._applied(conn), default=0)
                 if newest == 0:
+                    _log.debug("migrate down: no version is applied, nothing to roll back")
                     return None
                 migration = self._by_version.get(newest)
                 if migration is None:  # pragma: no cover - _check_schema covers the newest
@@ -264,6 +311,18 @@ class Migrations:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _pending(self, limit: int) -> set[int]:
+        """The unapplied versions up to ``limit``, read without the exclusive connection
+        (no lock); also refuses an unknown schema as :meth:`up` would."""
+        with self._target.migration_connection(exclusive=False) as conn:
+            applied: dict[int, datetime | None] = {}
+            if self._has_version_table(conn):
+                self._check_schema(conn)
+                applied = self._applied(conn)
+        return {
+            m.version for m in self._migrations if m.version <= limit and m.version not in applied
+        }
+
     def _version(self, conn: MigrationConnection) -> int:
         if not self._has_version_table(conn):
             return 0
@@ -296,13 +355,15 @@ class Migrations:
         abort a PostgreSQL transaction)."""
         try:
             conn.execute(f"SELECT 1 FROM {_VERSION_TABLE} WHERE 1 = 0")
-        except Exception as probe_error:
-            try:
-                conn.execute("SELECT 1")
-            except Exception as exc:  # the connection itself is broken, not the table missing
-                raise MigrationError(f"cannot read {_VERSION_TABLE}: {exc}") from probe_error
+            return True
+        except Exception:  # noqa: S110 - the table is missing, or the connection broke
+            pass
+        try:
+            conn.execute("SELECT 1")
             return False
-        return True
+        except Exception as exc:  # the connection itself is broken, not the table missing
+            reason = _reason(exc)
+        raise MigrationError(f"cannot read {_VERSION_TABLE}: {reason}")
 
     def _applied(self, conn: MigrationConnection) -> dict[int, datetime | None]:
         """Applied versions (including goose's 0) -> when; the newest row per version wins."""
@@ -313,7 +374,14 @@ class Migrations:
         except MigrationError:
             raise
         except Exception as exc:
-            raise MigrationError(f"cannot read {_VERSION_TABLE}: {exc}") from exc
+            reason = _reason(exc)
+        else:
+            return self._newest_rows(conn, rows)
+        raise MigrationError(f"cannot read {_VERSION_TABLE}: {reason}")
+
+    def _newest_rows(
+        self, conn: MigrationConnection, rows: list[tuple[Any, ...]]
+    ) -> dict[int, datetime | None]:
         seen: set[int] = set()
         applied: dict[int, datetime | None] = {}
         for version_id, is_applied, tstamp in rows:
@@ -342,10 +410,12 @@ class Migrations:
             with conn.transaction():
                 if not conn.execute(f"SELECT 1 FROM {_VERSION_TABLE} LIMIT 1"):
                     self._insert_version(conn, 0)
+            return
         except MigrationError:
             raise
         except Exception as exc:
-            raise MigrationError(f"cannot create {_VERSION_TABLE}: {exc}") from exc
+            reason = _reason(exc)
+        raise MigrationError(f"cannot create {_VERSION_TABLE}: {reason}")
 
     def _insert_version(self, conn: MigrationConnection, version: int) -> None:
         conn.execute(
@@ -386,23 +456,51 @@ class Migrations:
                 )
             return True
 
+        started = time.perf_counter()
         try:
             if migration.transactional:
                 with conn.transaction():
-                    return body()
-            return body()
-        except MigrationError:
+                    done = body()
+            else:
+                done = body()
+        except MigrationError as exc:
+            _log.error("%s failed: %s", where, exc)
             raise
         except Exception as exc:
-            detail = ""
-            if index:
-                detail = (
-                    f" at statement {index} of {len(statements)} "
-                    f"({_describe(statements[index - 1])})"
+            reason = _reason(exc)
+        else:
+            if done:
+                _log.info(
+                    "%s migration %s (version %d, %s) in %.0f ms",
+                    "applied" if up else "rolled back",
+                    migration.source,
+                    migration.version,
+                    direction,
+                    (time.perf_counter() - started) * 1000,
                 )
-            rolled_back = (
-                "rolled back"
-                if migration.transactional
-                else "NOT rolled back (the file says NO TRANSACTION)"
+            else:
+                _log.debug(
+                    "skipped %s: another process %s it meanwhile",
+                    where,
+                    "applied" if up else "rolled back or superseded",
+                )
+            return done
+        detail = ""
+        if index:
+            detail = (
+                f" at statement {index} of {len(statements)} ({_describe(statements[index - 1])})"
             )
-            raise MigrationError(f"{where} failed{detail}: {exc}; {rolled_back}") from exc
+        if not migration.transactional:
+            rolled_back = "NOT rolled back (the file says NO TRANSACTION)"
+        elif not conn.dialect.transactional_ddl:
+            rolled_back = (
+                f"its data changes were rolled back, but DDL is not transactional on "
+                f"{conn.dialect.name}: statements before the failed one may have run"
+            )
+        else:
+            rolled_back = "rolled back"
+        error = MigrationError(
+            f"{where} failed{detail}: {reason}; {rolled_back}", version=migration.version
+        )
+        _log.error("%s", error)
+        raise error

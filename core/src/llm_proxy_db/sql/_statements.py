@@ -36,12 +36,6 @@ AUDIT_COLUMNS = (
     "action, actor, outcome, id, timestamp, project_id, request_id, correlation_id, "
     "client_ip, method, path, user_agent, reason, token_id, metadata"
 )
-_SEARCH_SQL = " OR ".join(f"LOWER({name}) LIKE ? ESCAPE '\\'" for name in SEARCHED_FIELDS)
-
-
-def _like_pattern(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 class RowCodec:
@@ -50,6 +44,10 @@ class RowCodec:
     def __init__(self, dialect: Dialect) -> None:
         self.encode_time = dialect.encode_time
         self._decode_time = dialect.decode_time
+        self._dialect = dialect
+        self._search_sql = " OR ".join(
+            f"LOWER({name}) LIKE ? ESCAPE '{dialect.like_escape}'" for name in SEARCHED_FIELDS
+        )
 
     def _time(self, value: Any) -> Any:
         return None if value is None else self._decode_time(value)
@@ -147,8 +145,8 @@ class RowCodec:
             clauses.append("timestamp < ?")
             params.append(self.encode_time(flt.end_time))
         if flt.search is not None:
-            clauses.append(f"({_SEARCH_SQL})")
-            params.extend([_like_pattern(flt.search)] * len(SEARCHED_FIELDS))
+            clauses.append(f"({self._search_sql})")
+            params.extend([self._dialect.like_pattern(flt.search)] * len(SEARCHED_FIELDS))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -178,6 +176,7 @@ class Statements:
     revoke_expired_tokens: str
     increment_cache_hits: str
     reset_usage: str
+    token_exists: str
     insert_audit: str
     get_audit: str
     stats: str
@@ -188,8 +187,9 @@ class Statements:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.codec = RowCodec(dialect)
+        returning = _RETURNING if dialect.update_returning else {}
         for name, text in _STATEMENTS.items():
-            setattr(self, name, dialect.sql(_fill(text, dialect)))
+            setattr(self, name, dialect.sql(_fill(text + returning.get(name, ""), dialect)))
         self.audit_order = _fill(_AUDIT_ORDER, dialect)
 
     def sql(self, statement: str) -> str:
@@ -221,7 +221,7 @@ _STATEMENTS: dict[str, str] = {
     "get_project": f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?",
     "update_project": (
         "UPDATE projects SET name = ?, openai_api_key = ?, is_active = ?, deactivated_at = ?, "
-        f"updated_at = ? WHERE id = ? RETURNING {PROJECT_COLUMNS}"
+        "updated_at = ? WHERE id = ?"
     ),
     "delete_project": "DELETE FROM projects WHERE id = ?",
     "list_projects": f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY {{binary:name}}",
@@ -233,7 +233,7 @@ _STATEMENTS: dict[str, str] = {
     ),
     "update_token": (
         "UPDATE tokens SET expires_at = ?, is_active = ?, deactivated_at = ?, max_requests = ? "
-        f"WHERE token = ? RETURNING {TOKEN_COLUMNS}"
+        "WHERE token = ?"
     ),
     "delete_token": "DELETE FROM tokens WHERE token = ?",
     "list_tokens": f"SELECT {TOKEN_COLUMNS} FROM tokens {_TOKEN_ORDER}",
@@ -242,7 +242,7 @@ _STATEMENTS: dict[str, str] = {
     ),
     "increment_usage": (
         "UPDATE tokens SET request_count = request_count + 1, last_used_at = ? "
-        f"WHERE token = ? AND {_TOKEN_USABLE} RETURNING {TOKEN_COLUMNS}"
+        f"WHERE token = ? AND {_TOKEN_USABLE}"
     ),
     "revoke_token": f"{_REVOKE} WHERE token = ?",
     "revoke_project_tokens": f"{_REVOKE} WHERE project_id = ? AND is_active",
@@ -252,7 +252,8 @@ _STATEMENTS: dict[str, str] = {
     "increment_cache_hits": (
         "UPDATE tokens SET cache_hit_count = cache_hit_count + ? WHERE token = ?"
     ),
-    "reset_usage": f"UPDATE tokens SET request_count = 0 WHERE token = ? RETURNING {TOKEN_COLUMNS}",
+    "reset_usage": "UPDATE tokens SET request_count = 0 WHERE token = ?",
+    "token_exists": "SELECT 1 FROM tokens WHERE token = ?",
     "insert_audit": _insert("audit_events", AUDIT_COLUMNS),
     "get_audit": f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id = ?",
     "stats": (
@@ -265,3 +266,12 @@ _STATEMENTS: dict[str, str] = {
         "(SELECT COALESCE(SUM(request_count), 0) FROM tokens)"
     ),
 }
+
+_RETURNING: dict[str, str] = {
+    "update_project": f" RETURNING {PROJECT_COLUMNS}",
+    "update_token": f" RETURNING {TOKEN_COLUMNS}",
+    "increment_usage": f" RETURNING {TOKEN_COLUMNS}",
+    "reset_usage": f" RETURNING {TOKEN_COLUMNS}",
+}
+"""Where ``Dialect.update_returning`` holds, these updates return the row they changed;
+elsewhere the store logic reads it back in the same transaction."""

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -43,7 +43,7 @@ from llm_proxy_db import (
     TokenNotFoundError,
     TransientError,
     converter,
-    mask_token,
+    utcnow,
 )
 
 __all__ = ["JsonFileBackend"]
@@ -56,16 +56,10 @@ LOCK_TIMEOUT_S: Final = 30.0
 _R = TypeVar("_R")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _token_not_found(token: str) -> TokenNotFoundError:
-    return TokenNotFoundError(f"no token {mask_token(token)}")
-
-
-def _project_not_found(project_id: str) -> ProjectNotFoundError:
-    return ProjectNotFoundError(f"no project has id {project_id!r}")
+# Every "now" comes from the library's clock, so the conformance suite can pin it.
+_now = utcnow
+_token_not_found = TokenNotFoundError.for_token
+_project_not_found = ProjectNotFoundError.for_id
 
 
 class _Session:
@@ -158,7 +152,7 @@ class _Session:
     def create_token(self, token: Token) -> Token:
         self._project(token.project_id)
         if token.token in self.tokens:
-            raise TokenExistsError(f"token {mask_token(token.token)} already exists")
+            raise TokenExistsError.for_token(token.token)
         return self._store_token(token)
 
     def get_token_by_id(self, token: str) -> Token:
@@ -239,7 +233,7 @@ class _Session:
         self._check_open()
         found = self.events.get(event_id)
         if found is None:
-            raise AuditEventNotFoundError(f"no audit event has id {event_id!r}")
+            raise AuditEventNotFoundError.for_id(event_id)
         return found
 
     def list_audit_events(self, filter: AuditEventFilter | None = None) -> list[AuditEvent]:

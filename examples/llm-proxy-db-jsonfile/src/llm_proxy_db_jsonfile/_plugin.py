@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from llm_proxy_db import (
-    STORAGE_API_VERSION,
-    Backend,
-    BackendSpec,
-    Capabilities,
-    FullConfig,
-    hookimpl,
-)
+from llm_proxy_db import Backend, BackendSpec, Capabilities, FullConfig, hookimpl
 
 
 def _open(config: FullConfig) -> Backend:
@@ -24,7 +17,7 @@ def _open(config: FullConfig) -> Backend:
 def llm_proxy_db_backends() -> Iterator[BackendSpec]:
     yield BackendSpec(
         name="jsonfile",
-        api_version=STORAGE_API_VERSION,
+        api_version=2,  # the storage API this backend is written for (not the core's)
         factory=_open,
         capabilities=Capabilities(persistent=True, multi_process=True),
         description="One JSON file (DATABASE_PATH) behind a file lock; small installs, POSIX",

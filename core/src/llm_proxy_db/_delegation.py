@@ -1,0 +1,247 @@
+"""Methods that forward a store call, generated once from the store protocols.
+
+The store contract is written once, in :mod:`._protocols`. Every class that only passes
+store calls on (the ``DB`` facade, the object a transaction yields, the SQL stores over an
+executor, and their awaiting twins) gets its methods from :func:`forwarding`, which writes
+each method from the protocol's signature, so none of them is written out by hand:
+
+* ``checked``: the arguments' types are checked against the protocol's annotations
+  (``TypeError``; counts such as ``delta`` must be integers >= 1, ``ValueError``);
+* ``guarded``: the transaction rule (see :func:`refuse_inside_transaction`);
+* ``call``: what the method returns, e.g. ``self._stores.{name}({args})``;
+* ``awaiting``: an ``async def`` that awaits the call.
+
+A class lists the methods it forwards as ``name = forward(Protocol.name)`` (that line is
+also what type checkers read), and :func:`forwarding` replaces each with generated code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, Final, TypeVar, Union, cast, get_args, get_origin
+
+from ._errors import DatabaseError
+from ._protocols import Stores
+
+__all__ = [
+    "ForwardedStores",
+    "forward",
+    "forwarded_names",
+    "forwarding",
+    "open_transactions",
+    "protocol_methods",
+    "refuse_inside_transaction",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
+
+_FORWARDED: Final = "__llm_proxy_db_forwarded__"
+"""Where a decorated class keeps ``{name: protocol method}`` of what it forwards."""
+
+open_transactions: ContextVar[tuple[object, ...]] = ContextVar(
+    "llm_proxy_db_open_transactions", default=()
+)
+"""The facades (``DB``, ``AsyncDB``) with a ``transaction()`` block open in this context.
+
+A ``ContextVar``: a thread starts with none; an asyncio task inherits the value of the
+code that created it, so tasks started inside a block are inside it too."""
+
+
+def refuse_inside_transaction(facade: object, call: str) -> None:
+    """Raise ``DatabaseError`` if ``facade`` has a transaction block open in this context.
+
+    Inside its own block, a call on the facade would wait for the block's locks (a hang
+    on PostgreSQL, a timeout on SQLite) or silently join it (memory): the block's own
+    object is the one to use.
+    """
+    if facade in open_transactions.get():
+        raise DatabaseError(
+            f"{call}() was called on the database inside its own transaction() block: "
+            "use the object the block yields (with db.transaction() as tx: tx."
+            f"{call}(...)), or call it after the block"
+        )
+
+
+class _Forward:
+    __slots__ = ("method",)
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self.method = method
+
+
+def forward(method: F) -> F:
+    """Mark a class attribute as a forwarded protocol method (``create_project =
+    forward(Stores.create_project)``); :func:`forwarding` writes its body."""
+    return cast(F, _Forward(method))
+
+
+def forwarded_names(cls: type) -> tuple[str, ...]:
+    """The methods :func:`forwarding` generated for ``cls`` and its bases."""
+    return tuple(getattr(cls, _FORWARDED, {}))
+
+
+def protocol_methods(protocol: type) -> dict[str, Callable[..., Any]]:
+    """The public methods ``protocol`` declares (its own and its bases'), by name."""
+    methods: dict[str, Callable[..., Any]] = {}
+    for base in reversed(protocol.__mro__):
+        if base is object or not getattr(base, "_is_protocol", False):
+            continue
+        for name, value in vars(base).items():
+            if not name.startswith("_") and inspect.isfunction(value):
+                methods[name] = value
+    return methods
+
+
+def forwarding(
+    call: str,
+    *,
+    protocol: type | None = None,
+    checked: bool = False,
+    guarded: bool = False,
+    awaiting: bool = False,
+    namespace: dict[str, Any] | None = None,
+) -> Callable[[C], C]:
+    """A class decorator writing every ``forward(...)`` attribute of the class, every
+    method its bases forward and every method of ``protocol``, as a method that returns
+    ``call``.
+
+    ``call`` is a template with ``{name}`` and ``{args}`` (the arguments as passed);
+    ``namespace`` supplies names the template uses besides ``self``.
+    """
+
+    def decorate(cls: C) -> C:
+        methods = protocol_methods(protocol) if protocol is not None else {}
+        for base in reversed(cls.__mro__[1:]):
+            methods.update(getattr(base, _FORWARDED, {}))
+        for name, value in list(vars(cls).items()):
+            if isinstance(value, _Forward):
+                methods[name] = value.method
+        for name, method in methods.items():
+            generated = _generate(
+                name, method, call, checked, guarded, awaiting, namespace or {}, cls
+            )
+            setattr(cls, name, generated)
+        setattr(cls, _FORWARDED, methods)
+        return cls
+
+    return decorate
+
+
+def _generate(
+    name: str,
+    method: Callable[..., Any],
+    call: str,
+    checked: bool,
+    guarded: bool,
+    awaiting: bool,
+    namespace: dict[str, Any],
+    owner: type,
+) -> Callable[..., Any]:
+    signature = inspect.signature(method, eval_str=True)
+    parameters = list(signature.parameters.values())[1:]  # without self
+    globals_: dict[str, Any] = {
+        "_refuse": refuse_inside_transaction,
+        "_open": open_transactions,
+        "_type_error": _type_error,
+        "_count_error": _count_error,
+        **namespace,
+    }
+    header: list[str] = []
+    arguments: list[str] = []
+    for index, parameter in enumerate(parameters):
+        if parameter.default is inspect.Parameter.empty:
+            header.append(parameter.name)
+        else:
+            default = f"_default_{index}"
+            globals_[default] = parameter.default
+            header.append(f"{parameter.name}={default}")
+        arguments.append(parameter.name)
+    lines = [f"{'async ' if awaiting else ''}def {name}(self, {', '.join(header)}):"]
+    if guarded:
+        lines.append(f"    if _open.get(): _refuse(self, {name!r})")
+    if checked:
+        for index, parameter in enumerate(parameters):
+            lines.extend(_check(parameter, f"_kind_{index}", globals_))
+    body = call.format(name=name, args=", ".join(arguments))
+    lines.append(f"    return {'await ' if awaiting else ''}{body}")
+    source = "\n".join(lines).replace("(self, )", "(self)")
+    code = compile(source, f"<forwarded {owner.__qualname__}.{name}>", "exec")
+    exec(code, globals_)  # noqa: S102 - generated from the protocol's own signatures
+    generated: Callable[..., Any] = globals_[name]
+    generated.__qualname__ = f"{owner.__qualname__}.{name}"
+    generated.__module__ = owner.__module__
+    generated.__doc__ = method.__doc__
+    generated.__signature__ = signature  # type: ignore[attr-defined]
+    generated.__wrapped__ = method  # type: ignore[attr-defined]
+    return generated
+
+
+def _check(parameter: inspect.Parameter, slot: str, globals_: dict[str, Any]) -> list[str]:
+    """Source lines that check one argument against its annotation."""
+    name = parameter.name
+    kinds, optional = _kinds(parameter.annotation)
+    if kinds == (int,):
+        # Counts handed to a store (``delta``) are integers >= 1; bool is not one.
+        condition = f"{name}.__class__ is not int or {name} < 1"
+        if optional:
+            condition = f"{name} is not None and ({condition})"
+        return [f"    if {condition}: raise _count_error({name!r}, {name})"]
+    globals_[slot] = kinds
+    condition = f"not isinstance({name}, {slot})"
+    if optional:
+        condition = f"{name} is not None and {condition}"
+    return [f"    if {condition}: raise _type_error({name!r}, {slot}, {name})"]
+
+
+def _kinds(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """The classes an annotation admits, and whether it admits None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+    else:
+        members = (annotation,)
+    kinds = tuple(m for m in members if m is not type(None))
+    if not all(isinstance(kind, type) for kind in kinds):
+        raise TypeError(f"cannot check an argument annotated {annotation!r}")
+    return kinds, len(kinds) != len(members)
+
+
+def _type_error(name: str, kinds: tuple[type, ...], value: object) -> TypeError:
+    wanted = " or ".join(kind.__name__ for kind in kinds)
+    return TypeError(f"{name} must be a {wanted}, got {type(value).__name__}")
+
+
+def _count_error(name: str, value: object) -> ValueError:
+    return ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class ForwardedStores(Stores):
+    """A base for classes that forward every ``Stores`` method (decorate the subclass with
+    :func:`forwarding`): what type checkers read of them, written once."""
+
+    __slots__ = ()
+
+    create_project = forward(Stores.create_project)
+    get_project_by_id = forward(Stores.get_project_by_id)
+    update_project = forward(Stores.update_project)
+    delete_project = forward(Stores.delete_project)
+    list_projects = forward(Stores.list_projects)
+    create_token = forward(Stores.create_token)
+    get_token_by_id = forward(Stores.get_token_by_id)
+    update_token = forward(Stores.update_token)
+    delete_token = forward(Stores.delete_token)
+    list_tokens = forward(Stores.list_tokens)
+    increment_token_usage = forward(Stores.increment_token_usage)
+    revoke_token = forward(Stores.revoke_token)
+    revoke_project_tokens = forward(Stores.revoke_project_tokens)
+    revoke_expired_tokens = forward(Stores.revoke_expired_tokens)
+    increment_cache_hit_count = forward(Stores.increment_cache_hit_count)
+    reset_token_usage = forward(Stores.reset_token_usage)
+    create_audit_event = forward(Stores.create_audit_event)
+    get_audit_event_by_id = forward(Stores.get_audit_event_by_id)
+    list_audit_events = forward(Stores.list_audit_events)
+    count_audit_events = forward(Stores.count_audit_events)
+    stats = forward(Stores.stats)

@@ -1,0 +1,98 @@
+"""Store operations as data: what to run and how to read it, with no I/O.
+
+This is the sans-I/O half of the SQL layer (the design psycopg's cursor once used with
+``_execute_gen``): the store logic (:mod:`._logic`) describes each store call as an
+*operation*, and an executor (:mod:`._execute`, blocking or awaiting) runs it on a
+connection. The logic is written once; an execution model is a new executor.
+
+* A :class:`Step` is one statement as plain data: SQL, parameters, whether rows or the row
+  count come back, a decoder and what to make of a constraint violation. Most store calls
+  are a single step, which costs no more than calling the driver directly.
+* A :class:`Flow` is a generator that yields steps and receives their decoded results
+  (``token = yield step``); errors of a step are raised at the ``yield``. Flows serve
+  the calls that take several statements (the refused-increment explanation, update then
+  read where ``UPDATE ... RETURNING`` is missing). ``atomic=True`` asks the executor to
+  run the whole flow in one transaction.
+* A decoder may return another operation instead of a value: the executor then runs that
+  on the same connection (a cheap single step that only sometimes needs a second one, as
+  the increment does when it is refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from .._errors import DatabaseError
+from ._integrity import IntegrityViolation
+
+__all__ = ["Decoder", "Flow", "Operation", "Step", "Steps", "ViolationMapper"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+Decoder: TypeAlias = Callable[[Any, Any], Any]
+"""``decode(result, subject)``: ``result`` is the list of rows (``rows=True``) or the row
+count; ``subject`` is the step's. Returns the value, an operation to run next, or raises."""
+
+ViolationMapper: TypeAlias = Callable[[IntegrityViolation, Any], DatabaseError]
+"""``on_violation(violation, subject)``: the store's error for a refused constraint."""
+
+Steps: TypeAlias = Generator["Step[Any] | Flow[Any]", Any, T]
+"""The generator a :class:`Flow` runs: yields steps (or nested flows), receives their
+results, returns the flow's value."""
+
+
+def _rows(result: Any, subject: Any) -> Any:
+    return result
+
+
+class Step(Generic[T_co]):
+    """One statement and how to read its result."""
+
+    __slots__ = ("decode", "on_violation", "params", "rows", "sql", "subject")
+
+    def __init__(
+        self,
+        sql: str,
+        params: tuple[Any, ...] | list[Any] = (),
+        *,
+        rows: bool = True,
+        decode: Decoder = _rows,
+        subject: Any = None,
+        on_violation: ViolationMapper | None = None,
+    ) -> None:
+        self.sql = sql
+        """The statement, in the dialect's placeholder style."""
+        self.params = params
+        self.rows = rows
+        """True: the decoder gets every row (a list of sequences); False: the row count."""
+        self.decode = decode
+        self.subject = subject
+        """What the step is about (an id, a token, a record), handed to the decoder and
+        to ``on_violation`` so that neither needs a closure."""
+        self.on_violation = on_violation
+
+    def __repr__(self) -> str:  # never the parameters: they may hold secrets
+        return f"<Step {self.sql.split(None, 1)[0]} rows={self.rows}>"
+
+
+class Flow(Generic[T_co]):
+    """Several steps on one connection, driven by a generator."""
+
+    __slots__ = ("atomic", "steps")
+
+    def __init__(self, steps: Steps[T_co], *, atomic: bool = False) -> None:
+        self.steps = steps
+        self.atomic = atomic
+        """Run every step in one transaction (nothing of it is kept if one fails)."""
+
+    def __repr__(self) -> str:
+        return f"<Flow {getattr(self.steps, '__name__', '?')} atomic={self.atomic}>"
+
+
+Operation: TypeAlias = Step[T] | Flow[T]
+"""What a store-logic method returns and an executor runs."""
+
+OPERATION_TYPES: frozenset[type] = frozenset({Step, Flow})
+"""For the executors' check whether a decoded value is an operation to run next."""

@@ -1,0 +1,144 @@
+"""Packaging: one version for every distribution of the repository, in-repo dependencies that
+admit it, and the MIT license shipped with each."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.metadata
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION_FILE = ROOT / "VERSION"
+LICENSE_FILE = ROOT / "LICENSE"
+DISTRIBUTIONS = {
+    "llm-proxy-db": "core",
+    "llm-proxy-db-memory": "backends/memory",
+    "llm-proxy-db-sqlite": "backends/sqlite",
+    "llm-proxy-db-postgres": "backends/postgres",
+    "llm-proxy-db-jsonfile": "examples/llm-proxy-db-jsonfile",
+}
+_SKIPPED_FOLDERS = {"build", "dist", "node_modules", "__pycache__"}
+
+
+def _pyprojects() -> dict[Path, dict[str, Any]]:
+    """Every pyproject.toml of the repository (not of virtualenvs, caches or builds)."""
+    found = {}
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [
+            name for name in subfolders if not name.startswith(".") and name not in _SKIPPED_FOLDERS
+        ]
+        if "pyproject.toml" in files:
+            path = Path(folder) / "pyproject.toml"
+            found[path] = tomllib.loads(path.read_text())
+    return found
+
+
+PYPROJECTS = _pyprojects()
+PROJECTS = {path: data for path, data in PYPROJECTS.items() if "project" in data}
+
+
+def _version() -> Version:
+    return Version(VERSION_FILE.read_text().strip())
+
+
+def _where(path: Path) -> str:
+    return str(path.parent.relative_to(ROOT))
+
+
+def test_version_file_holds_one_version() -> None:
+    text = VERSION_FILE.read_text()
+    assert text == f"{text.strip()}\n" and "\n" not in text.strip(), repr(text)
+    assert str(_version()) == text.strip()  # normalized, as in the wheels' names
+
+
+def test_every_distribution_is_found() -> None:
+    names = {data["project"]["name"]: _where(path) for path, data in PROJECTS.items()}
+    assert names == DISTRIBUTIONS
+
+
+@pytest.mark.parametrize("path", sorted(PROJECTS), ids=_where)
+def test_version_comes_from_the_version_file(path: Path) -> None:
+    project, hatch = PROJECTS[path]["project"], PROJECTS[path]["tool"]["hatch"]["version"]
+    assert "version" not in project and "version" in project.get("dynamic", [])
+    assert (path.parent / hatch["path"]).resolve() == VERSION_FILE
+    # Hatchling's regex source: the named group ``version``, searched line by line.
+    match = re.search(hatch["pattern"], VERSION_FILE.read_text(), re.MULTILINE)
+    assert match is not None and Version(match.group("version")) == _version()
+
+
+@pytest.mark.parametrize("path", sorted(PROJECTS), ids=_where)
+def test_in_repo_dependencies_admit_the_version(path: Path) -> None:
+    project = PROJECTS[path]["project"]
+    requirements = [*project.get("dependencies", [])]
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements.extend(extra)
+    version = _version()
+    for text in requirements:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) not in DISTRIBUTIONS:
+            continue
+        assert str(requirement.specifier), f"{_where(path)}: {text!r} pins no version range"
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{_where(path)}: {text!r} does not admit {version} (the VERSION file)"
+        )
+
+
+def test_backends_depend_on_the_core() -> None:
+    for path, data in PROJECTS.items():
+        if data["project"]["name"] == "llm-proxy-db":
+            continue
+        names = {canonicalize_name(Requirement(r).name) for r in data["project"]["dependencies"]}
+        assert "llm-proxy-db" in names, _where(path)
+
+
+@pytest.mark.parametrize("path", sorted(PROJECTS), ids=_where)
+def test_license_is_the_repository_one(path: Path) -> None:
+    project = PROJECTS[path]["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    # A link, not a copy: hatchling takes no license file from outside the project folder.
+    assert (path.parent / "LICENSE").resolve() == LICENSE_FILE
+    assert "Copyright (c) 2026 The llm-proxy-db authors" in LICENSE_FILE.read_text()
+
+
+def _installed(name: str) -> importlib.metadata.Distribution | None:
+    try:
+        return importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+def test_installed_distributions_are_this_version_with_the_license(name: str) -> None:
+    dist = _installed(name)
+    if dist is None:
+        pytest.skip(f"{name} is not installed")
+    assert Version(dist.version) == _version(), f"{name} {dist.version}: reinstall it"
+    assert dist.metadata["License-Expression"] == "MIT"
+    licenses = [f for f in dist.files or [] if f.parts[-2:] == ("licenses", "LICENSE")]
+    assert len(licenses) == 1, dist.files
+    assert licenses[0].read_text() == LICENSE_FILE.read_text()
+
+
+def _pins(deps: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s*([A-Za-z0-9_.-]+)==(\S+)\s*$", deps, re.MULTILINE))
+
+
+def test_lint_and_type_tools_are_pinned_alike_in_tox_and_pre_commit() -> None:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    ruff = _pins(tox["testenv:lint"]["deps"])["ruff"]
+    mypy = _pins(tox["testenv:type"]["deps"])["mypy"]
+    hooks = (ROOT / ".pre-commit-config.yaml").read_text()
+    revs = re.findall(r"repo: https://github.com/astral-sh/ruff-pre-commit\s+rev: v(\S+)", hooks)
+    assert revs == [ruff]
+    assert re.findall(r"- mypy==(\S+)", hooks) == [mypy]
