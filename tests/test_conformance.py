@@ -69,19 +69,33 @@ class TestConformance(StoreConformance):
 
 # -- the suite's own machinery: strict expected failures, capability skips, the override --
 
+# A real (memory) backend claiming a passing test broken; and a fake that is not a database.
+_CLAIMS_BROKEN = """
+import pytest
+from llm_proxy_db import FullConfig, new_from_full_config
+from llm_proxy_db.testing import StoreConformance
+
+class TestClaims(StoreConformance):
+    expected_failures = {"test_health_check_when_open": "claimed broken"}
+
+    @pytest.fixture
+    def backend_factory(self):
+        return lambda *, reopen=None: new_from_full_config(FullConfig(driver="memory"))
+"""
+
 _FAKE_BACKEND = """
 import types
 import pytest
 from llm_proxy_db.testing import StoreConformance
 
 class TestFake(StoreConformance):
-    expected_failures = {"test_models_normalise_datetimes_to_utc": "claimed broken"}
+    expected_failures = {"test_data_survives_reopen": "claimed broken"}
 
     @pytest.fixture
     def backend_factory(self):
         spec = types.SimpleNamespace(name="fake")
         return lambda *, reopen=None: types.SimpleNamespace(
-            capabilities=frozenset(), backend_spec=spec, close=lambda: None
+            capabilities=frozenset({'persistent'}), backend_spec=spec, close=lambda: None
         )
 """
 
@@ -93,33 +107,18 @@ def _run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def test_expected_failure_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
-    from llm_proxy_db.testing._safety import _INVALID_MODELS
-
-    pytester.makepyfile(test_fake=_FAKE_BACKEND)
-    result = _run_inner(
-        pytester,
-        "-rs",
-        "-k",
-        "normalise_datetimes or reject_invalid or survives",
-    )
+    pytester.makepyfile(test_claims=_CLAIMS_BROKEN)
+    result = _run_inner(pytester, "-rs", "-k", "test_health_check_when_open or survives")
     # The claimed-broken test passes: a strict xfail turns that into a failure. The
     # capability tests skip with a reason naming the backend and the capability.
-    result.assert_outcomes(failed=1, passed=len(_INVALID_MODELS), skipped=2)
+    result.assert_outcomes(failed=1, skipped=2)
     result.stdout.fnmatch_lines(["*XPASS(strict)*claimed broken*"])
-    result.stdout.fnmatch_lines(["*backend 'fake' lacks the capability 'persistent'*"])
+    result.stdout.fnmatch_lines(["*backend 'memory' lacks the capability 'persistent'*"])
 
 
 def test_expected_failure_that_fails_is_xfailed(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_fake=_FAKE_BACKEND.replace(
-            "test_models_normalise_datetimes_to_utc", "test_data_survives_reopen"
-        ).replace("frozenset()", "frozenset({'persistent'})")
-    )
-    result = _run_inner(
-        pytester,
-        "-k",
-        "data_survives_reopen",
-    )
+    pytester.makepyfile(test_fake=_FAKE_BACKEND)
+    result = _run_inner(pytester, "-k", "data_survives_reopen")
     result.assert_outcomes(xfailed=1)
 
 
@@ -132,10 +131,6 @@ def test_base_class_collects_nothing_and_demands_override(pytester: pytest.Pytes
             "    pass\n"
         ),
     )
-    result = _run_inner(
-        pytester,
-        "-k",
-        "health_check",
-    )
+    result = _run_inner(pytester, "-k", "test_health_check_when_open")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*must override the `backend_factory` fixture*"])

@@ -16,10 +16,13 @@ pytest.register_assert_rewrite(
         for module in (
             "_audit",
             "_base",
+            "_calls",
             "_capabilities",
             "_conformance",
+            "_failures",
             "_lifecycle",
             "_projects",
+            "_races",
             "_reference",
             "_safety",
             "_stateful",
@@ -29,7 +32,7 @@ pytest.register_assert_rewrite(
     )
 )
 
-from ._base import BackendFactory, requires  # noqa: E402
+from ._base import BackendFactory, pinned_clock, requires  # noqa: E402
 from ._conformance import StoreConformance  # noqa: E402
 
-__all__ = ["BackendFactory", "StoreConformance", "requires"]
+__all__ = ["BackendFactory", "StoreConformance", "pinned_clock", "requires"]

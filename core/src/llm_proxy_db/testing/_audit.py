@@ -9,36 +9,28 @@ import pytest
 
 from .._db import DB
 from .._errors import AlreadyExistsError, AuditEventNotFoundError
-from .._models import AuditEvent, AuditEventFilter, generate_token, mask_token
+from .._models import (
+    EXACT_FILTER_FIELDS,
+    OUTCOMES,
+    SEARCHED_FIELDS,
+    AuditEvent,
+    AuditEventFilter,
+    generate_token,
+    mask_token,
+)
 from ._base import ConformanceBase, at, unique
 
-# Fields matched by AuditEventFilter equality filters, with two values that are not
-# substrings of each other (so the tests hold for exact and for substring matching).
-_FILTER_FIELDS: dict[str, tuple[str, str]] = {
-    "action": ("project.create", "token.revoke"),
-    "actor": ("admin@example.com", "cli:operator"),
-    "project_id": ("project-one", "project-two"),
-    "outcome": ("success", "failure"),
-    "client_ip": ("10.0.0.1", "192.168.7.7"),
-    "request_id": ("req-aaa", "req-bbb"),
-    "correlation_id": ("corr-xxx", "corr-yyy"),
-    "method": ("GET", "POST"),
-    "path": ("/v1/chat/completions", "/v1/embeddings"),
-}
+
+def _filter_values(field: str) -> tuple[str, str]:
+    """Two values for an equality filter field, neither a substring of the other (so the
+    tests hold for exact and for substring matching)."""
+    if field == "outcome":
+        first, second = OUTCOMES
+        return first, second
+    return f"{field}-aaa", f"{field}-bbb"
+
 
 _MASKED_TOKEN = mask_token(generate_token())  # what an audit event stores, never the secret
-
-_SEARCHED_FIELDS = (
-    "action",
-    "actor",
-    "request_id",
-    "correlation_id",
-    "client_ip",
-    "method",
-    "path",
-    "reason",
-    "metadata",
-)
 
 
 class AuditTests(ConformanceBase):
@@ -118,7 +110,9 @@ class AuditTests(ConformanceBase):
             {"id": "id-0", "timestamp": at(200)},
         )
         ids = [e.id for e in db.list_audit_events()]
-        assert ids == ["id-0", "id-d", "id-b", "id-a", "id-c"]
+        assert ids == ["id-0", "id-d", "id-b", "id-a", "id-c"], (
+            "list_audit_events() ids: newest timestamp first, ties by id descending"
+        )
         assert len(events) == 5
 
     def test_list_audit_events_microsecond_order(self, db: DB) -> None:
@@ -132,9 +126,9 @@ class AuditTests(ConformanceBase):
         assert [e.id for e in db.list_audit_events()] == ["id-c", "id-a", "id-b"]
         assert {e.id for e in events} == {"id-a", "id-b", "id-c"}
 
-    @pytest.mark.parametrize("field", sorted(_FILTER_FIELDS))
+    @pytest.mark.parametrize("field", sorted(EXACT_FILTER_FIELDS))
     def test_filter_by_field(self, db: DB, field: str) -> None:
-        wanted, other = _FILTER_FIELDS[field]
+        wanted, other = _filter_values(field)
         matching = self.given_events(
             db,
             {field: wanted, "timestamp": at(1)},
@@ -145,8 +139,8 @@ class AuditTests(ConformanceBase):
             self.given_events(db, {"timestamp": at(4)})  # the field left empty
         criteria: dict[str, Any] = {field: wanted}
         flt = AuditEventFilter(**criteria)
-        assert db.list_audit_events(flt) == [matching[1], matching[0]]
-        assert db.count_audit_events(flt) == 2
+        assert db.list_audit_events(flt) == [matching[1], matching[0]], f"list_audit_events({flt})"
+        assert db.count_audit_events(flt) == 2, f"count_audit_events({flt})"
 
     def test_filters_combine_with_and(self, db: DB) -> None:
         events = self.given_events(
@@ -173,19 +167,26 @@ class AuditTests(ConformanceBase):
             {"timestamp": t2},
         )
 
-        def listed(**bounds: Any) -> list[AuditEvent]:
+        names = {e.id: name for e, name in ((e0, "e0"), (e1, "e1"), (e2, "e2"), (e3, "e3"))}
+
+        def check(expected: list[AuditEvent], **bounds: Any) -> None:
             flt = AuditEventFilter(**bounds)
             found = db.list_audit_events(flt)
-            assert db.count_audit_events(flt) == len(found)
-            return found
+            shown = ", ".join(f"{k}={v.isoformat()}" for k, v in bounds.items())
+            got, wanted = [names.get(e.id, e.id) for e in found], [names[e.id] for e in expected]
+            assert got == wanted, (
+                f"list_audit_events({shown}) with e0..e3 at t0, t1, t2-1us, t2: {got}, expected "
+                f"{wanted} (start_time is inclusive, end_time exclusive)"
+            )
+            assert db.count_audit_events(flt) == len(found), f"count_audit_events({shown})"
 
-        assert listed(start_time=t1) == [e3, e2, e1]
-        assert listed(start_time=t1 + tick) == [e3, e2]
-        assert listed(end_time=t1) == [e0]
-        assert listed(end_time=t1 + tick) == [e1, e0]
-        assert listed(start_time=t1, end_time=t2) == [e2, e1]
-        assert listed(start_time=t2, end_time=t2 + tick) == [e3]
-        assert listed(start_time=t2, end_time=t2) == []
+        check([e3, e2, e1], start_time=t1)
+        check([e3, e2], start_time=t1 + tick)
+        check([e0], end_time=t1)
+        check([e1, e0], end_time=t1 + tick)
+        check([e2, e1], start_time=t1, end_time=t2)
+        check([e3], start_time=t2, end_time=t2 + tick)
+        check([], start_time=t2, end_time=t2)
 
     def test_time_range_with_other_zones(self, db: DB) -> None:
         from datetime import timezone
@@ -200,7 +201,7 @@ class AuditTests(ConformanceBase):
         outside = AuditEventFilter(end_time=at(0).astimezone(plus_two))
         assert db.list_audit_events(outside) == []
 
-    @pytest.mark.parametrize("field", _SEARCHED_FIELDS)
+    @pytest.mark.parametrize("field", SEARCHED_FIELDS)
     def test_search_matches_field_case_insensitively(self, db: DB, field: str) -> None:
         needle = "NeEdLe-7q"
         value: Any = {"detail": f"xx{needle}yy"} if field == "metadata" else f"xx{needle}yy"
@@ -208,8 +209,12 @@ class AuditTests(ConformanceBase):
         self.given_events(db, {field: {"detail": "hay"} if field == "metadata" else "hay"})
         for query in ("needle-7q", "NEEDLE-7Q", needle):
             flt = AuditEventFilter(search=query)
-            assert db.list_audit_events(flt) == [hit], f"search {query!r} in {field}"
-            assert db.count_audit_events(flt) == 1
+            assert db.list_audit_events(flt) == [hit], (
+                f"list_audit_events(search={query!r}) in {field}"
+            )
+            assert db.count_audit_events(flt) == 1, (
+                f"count_audit_events(search={query!r}) in {field}"
+            )
 
     @pytest.mark.parametrize("field", ["reason", "metadata"])
     def test_search_is_case_insensitive_beyond_ascii(self, db: DB, field: str) -> None:
@@ -238,8 +243,10 @@ class AuditTests(ConformanceBase):
         (hit,) = self.given_events(db, {"reason": matching, "timestamp": at(1)})
         self.given_events(db, {"reason": not_matching, "timestamp": at(2)})
         flt = AuditEventFilter(search=query)
-        assert db.list_audit_events(flt) == [hit]
-        assert db.count_audit_events(flt) == 1
+        assert db.list_audit_events(flt) == [hit], (
+            f"list_audit_events(search={query!r}) must match {matching!r} and not {not_matching!r}"
+        )
+        assert db.count_audit_events(flt) == 1, f"count_audit_events(search={query!r})"
 
     def test_search_combines_with_filters(self, db: DB) -> None:
         events = self.given_events(
@@ -270,8 +277,13 @@ class AuditTests(ConformanceBase):
     def test_count_ignores_limit_and_offset(self, db: DB) -> None:
         self.given_events(db, *({"timestamp": at(s), "outcome": "failure"} for s in range(5)))
         self.given_events(db, {"outcome": "success"})
-        assert db.count_audit_events() == 6
-        assert db.count_audit_events(AuditEventFilter(limit=2, offset=1)) == 6
-        assert db.count_audit_events(AuditEventFilter(outcome="failure", limit=1)) == 5
-        assert db.count_audit_events(AuditEventFilter(outcome="failure", offset=10)) == 5
+        for flt, expected in (
+            (None, 6),
+            (AuditEventFilter(limit=2, offset=1), 6),
+            (AuditEventFilter(outcome="failure", limit=1), 5),
+            (AuditEventFilter(outcome="failure", offset=10), 5),
+        ):
+            assert db.count_audit_events(flt) == expected, (
+                f"count_audit_events({flt}) must ignore limit and offset"
+            )
         assert len(db.list_audit_events(AuditEventFilter(outcome="failure", limit=2))) == 2

@@ -5,18 +5,27 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
+import attrs
 import pytest
 
+from .._clock import set_clock
 from .._db import DB
 from .._models import AuditEvent, Project, Token, utcnow
+from .._registry import Capabilities
 
-__all__ = ["BackendFactory", "ConformanceBase", "requires"]
+__all__ = ["BackendFactory", "ConformanceBase", "pinned_clock", "requires"]
 
-KNOWN_CAPABILITIES: Final = ("persistent", "multi_process", "migrations")
+KNOWN_CAPABILITIES: Final = tuple(field.name for field in attrs.fields(Capabilities))
+"""Every capability a backend may declare: the fields of ``Capabilities``."""
+
 _REQUIRES_ATTR: Final = "__llm_proxy_db_requires__"
+
+#: The smallest step between two stored instants (stores keep microseconds).
+TICK: Final = timedelta(microseconds=1)
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
@@ -54,6 +63,30 @@ def required_capabilities(test: object) -> tuple[str, ...]:
     return found
 
 
+def _raw_backend(db: DB) -> Any:
+    """The backend object behind ``db`` (what its factory returned), bypassing the facade.
+
+    For the few tests of what only a backend can get wrong (its own ``close()``,
+    ``health_check()`` and ``transaction()``); fetch it before closing ``db``.
+    """
+    return db._backend
+
+
+@contextmanager
+def pinned_clock(instant: datetime) -> Iterator[datetime]:
+    """Stop the library's clock (``llm_proxy_db.utcnow``) at ``instant`` for the block.
+
+    Every "now" the store logic and conforming backends use comes from that clock, so a
+    test can put a boundary (an ``expires_at``) exactly at "now". Process-wide: threads
+    the block starts see the pinned clock too.
+    """
+    previous = set_clock(lambda: instant)
+    try:
+        yield instant
+    finally:
+        set_clock(previous)
+
+
 def unique(prefix: str) -> str:
     """A short unique string, for names and ids that must not clash between tests."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -70,11 +103,12 @@ def at(seconds: float, *, base: datetime | None = None) -> datetime:
     return start + timedelta(seconds=seconds)
 
 
-def assert_utc(value: datetime | None) -> None:
-    """``value`` is an aware datetime in UTC."""
-    assert value is not None
-    assert value.tzinfo is not None, f"naive datetime {value!r} came back"
-    assert value.utcoffset() == timedelta(0), f"{value!r} is not in UTC"
+def assert_utc(value: datetime | None, what: str = "the datetime") -> None:
+    """``value`` is an aware datetime in UTC; ``what`` names it in the failure message
+    (the call and the field, e.g. ``"update_project() updated_at"``)."""
+    assert value is not None, f"{what}: None came back"
+    assert value.tzinfo is not None, f"{what}: naive datetime {value!r} came back"
+    assert value.utcoffset() == timedelta(0), f"{what}: {value!r} is not in UTC"
 
 
 class ConformanceBase:
@@ -88,6 +122,11 @@ class ConformanceBase:
     #: ``deactivated_at``) may lie outside the client's clock window around the call,
     #: for backends whose clock is a server's.
     clock_tolerance: ClassVar[timedelta] = timedelta(0)
+
+    #: Modules every process started by the ``multi_process`` tests imports before it
+    #: opens the database: name the module that ``register_backend()``-s a backend
+    #: registered in code (spawned processes find installed backends by entry point).
+    spawn_imports: ClassVar[tuple[str, ...]] = ()
 
     @pytest.fixture
     def backend_factory(self) -> BackendFactory:
@@ -133,13 +172,22 @@ class ConformanceBase:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def assert_within(self, before: datetime, value: datetime | None, after: datetime) -> None:
-        """``value`` is aware UTC and lies in ``[before, after]`` (with the clock tolerance)."""
-        assert_utc(value)
+    def assert_within(
+        self, before: datetime, value: datetime | None, after: datetime, *, what: str
+    ) -> None:
+        """``value`` is aware UTC and lies in ``[before, after]`` (with the clock tolerance).
+
+        ``what`` names the call and the field in the failure message, e.g.
+        ``"increment_token_usage() last_used_at"``.
+        """
+        assert_utc(value, what)
         assert value is not None
         slack = self.clock_tolerance
+        window = f"[{before.isoformat()}, {after.isoformat()}]"
+        if slack:
+            window += f" widened by the clock_tolerance {slack}"
         assert before - slack <= value <= after + slack, (
-            f"{value.isoformat()} is not within [{before.isoformat()}, {after.isoformat()}]"
+            f"{what}: {value.isoformat()} is not within the call's clock window {window}"
         )
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
 from datetime import timedelta
 
 import attrs
@@ -14,52 +15,16 @@ from .._errors import (
     ProjectExistsError,
     ProjectNotFoundError,
     TokenNotFoundError,
+    TransientError,
 )
-from .._models import AuditEventFilter, Stats, generate_token
-from ._base import BackendFactory, ConformanceBase, unique
-
-_STORE_METHODS = (
-    "create_project",
-    "get_project_by_id",
-    "update_project",
-    "delete_project",
-    "list_projects",
-    "create_token",
-    "get_token_by_id",
-    "update_token",
-    "delete_token",
-    "list_tokens",
-    "increment_token_usage",
-    "revoke_token",
-    "revoke_project_tokens",
-    "revoke_expired_tokens",
-    "increment_cache_hit_count",
-    "reset_token_usage",
-    "create_audit_event",
-    "get_audit_event_by_id",
-    "list_audit_events",
-    "count_audit_events",
-    "stats",
-)
+from .._models import Stats
+from ._base import TICK, BackendFactory, ConformanceBase, _raw_backend, pinned_clock, unique
+from ._calls import BACKEND_METHODS, STORE_METHODS, Keys
+from ._calls import call as sample_call
 
 
 class _Boom(Exception):
     """Raised inside a transaction to make it roll back."""
-
-
-_CALLS_AFTER_CLOSE: dict[str, Callable[[DB], object]] = {
-    "create_project": lambda db: db.create_project(ConformanceBase.new_project()),
-    "get_project_by_id": lambda db: db.get_project_by_id(unique("p")),
-    "list_projects": lambda db: db.list_projects(),
-    "get_token_by_id": lambda db: db.get_token_by_id(generate_token()),
-    "list_tokens": lambda db: db.list_tokens(),
-    "increment_token_usage": lambda db: db.increment_token_usage(generate_token()),
-    "revoke_expired_tokens": lambda db: db.revoke_expired_tokens(),
-    "create_audit_event": lambda db: db.create_audit_event(ConformanceBase.new_event()),
-    "list_audit_events": lambda db: db.list_audit_events(),
-    "count_audit_events": lambda db: db.count_audit_events(),
-    "stats": lambda db: db.stats(),
-}
 
 
 class LifecycleTests(ConformanceBase):
@@ -68,26 +33,27 @@ class LifecycleTests(ConformanceBase):
     def test_health_check_when_open(self, db: DB) -> None:
         db.health_check()  # raises DatabaseError when unhealthy
 
-    def test_close_is_idempotent(self, db: DB) -> None:
-        db.close()
-        db.close()
-        with pytest.raises(DatabaseError):
-            db.health_check()
+    # The facade stops every call after DB.close() without reaching the backend (see
+    # tests/core/test_facade.py); these drive the backend object itself.
 
-    @pytest.mark.parametrize("call", sorted(_CALLS_AFTER_CLOSE))
-    def test_store_calls_after_close_raise(self, db: DB, call: str) -> None:
-        db.close()
-        with pytest.raises(DatabaseError):
-            _CALLS_AFTER_CLOSE[call](db)
+    def test_backend_close_is_idempotent(self, db: DB) -> None:
+        backend = _raw_backend(db)
+        backend.close()
+        try:
+            backend.close()
+        except Exception as exc:
+            pytest.fail(
+                f"{type(backend).__name__}.close() raised on its second call: "
+                f"{type(exc).__name__}: {exc}"
+            )
 
-    def test_context_manager_closes(self, backend_factory: BackendFactory) -> None:
-        with backend_factory() as db:
-            db.health_check()
-            project = db.create_project(self.new_project())
-            assert db.get_project_by_id(project.id) == project
+    def test_backend_health_check_after_close_raises(self, db: DB) -> None:
+        backend = _raw_backend(db)
+        backend.health_check()
+        backend.close()
         with pytest.raises(DatabaseError):
-            db.health_check()
-        db.close()
+            backend.health_check()
+            pytest.fail(f"{type(backend).__name__}.health_check() answered after close()")
 
     def test_factory_gives_isolated_databases(
         self, db: DB, backend_factory: BackendFactory
@@ -162,6 +128,35 @@ class LifecycleTests(ConformanceBase):
             db.get_project_by_id(fresh.id)
         assert db.list_projects() == [taken]
 
+    def test_backend_transaction_offers_every_store_method(self, db: DB) -> None:
+        """What the backend's own ``transaction()`` yields implements ``Stores`` (the
+        facade's transaction object always has every method, whatever it wraps)."""
+        backend = _raw_backend(db)
+        project = self.new_project()
+        token = self.new_token(project, max_requests=3)
+        with backend.transaction() as stores:
+            missing = [name for name in STORE_METHODS if not callable(getattr(stores, name, None))]
+            assert not missing, (
+                f"{type(backend).__name__}.transaction() yields {type(stores).__name__}, "
+                f"which lacks {', '.join(f'{name}()' for name in missing)}"
+            )
+            assert stores.list_projects() == [], "transaction stores list_projects()"
+            assert stores.create_project(project) == project, "transaction stores create_project()"
+            assert stores.get_project_by_id(project.id) == project, (
+                "transaction stores get_project_by_id() does not see the block's own write"
+            )
+            assert stores.create_token(token) == token, "transaction stores create_token()"
+            used = stores.increment_token_usage(token.token)
+            assert used.request_count == 1, "transaction stores increment_token_usage()"
+            assert stores.count_audit_events() == 0, "transaction stores count_audit_events()"
+            assert stores.stats().projects == 1, "transaction stores stats().projects"
+        assert db.get_project_by_id(project.id) == project, (
+            "a project created through the backend's transaction() was not committed"
+        )
+        assert db.get_token_by_id(token.token) == used, (
+            "an increment made through the backend's transaction() was not committed"
+        )
+
     def test_database_usable_after_rollback(self, db: DB) -> None:
         with pytest.raises(_Boom), db.transaction() as tx:
             tx.create_project(self.new_project())
@@ -172,23 +167,53 @@ class LifecycleTests(ConformanceBase):
         assert len(db.list_tokens(project.id)) == 1
         db.health_check()
 
-    def test_transaction_offers_every_store_method(self, db: DB) -> None:
-        with db.transaction() as tx:
-            for name in _STORE_METHODS:
-                assert callable(getattr(tx, name, None)), f"transaction lacks {name}()"
-            assert tx.list_projects() == []
-            assert tx.list_audit_events(AuditEventFilter(limit=1)) == []
-            assert tx.count_audit_events() == 0
-            assert tx.stats().projects == 0
+    # -- the transaction rule -------------------------------------------------------------
 
-    def test_transaction_object_refuses_work_after_its_block(self, db: DB) -> None:
+    @pytest.mark.parametrize("call", sorted(BACKEND_METHODS))
+    def test_db_call_inside_its_own_transaction_is_refused(self, db: DB, call: str) -> None:
+        """Inside ``with db.transaction() as tx:`` a call on ``db`` itself, on the same
+        thread, raises ``DatabaseError`` (not ``TransientError``) at once and changes
+        nothing; the block goes on and commits."""
+        project = self.given_project(db)
+        token = self.given_token(db, project, max_requests=5)
+        before = (db.list_projects(), db.list_tokens(), db.count_audit_events())
+        fresh = self.new_project(name="made-in-the-block")
         with db.transaction() as tx:
-            tx.create_project(self.new_project(name="inside"))
-        with pytest.raises(DatabaseError, match="transaction has ended"):
-            tx.create_project(self.new_project(name="after"))
-        with pytest.raises(DatabaseError):
-            tx.list_projects()
-        assert [p.name for p in db.list_projects()] == ["inside"]
+            tx.create_project(fresh)
+            started = time.monotonic()
+            with pytest.raises(DatabaseError) as refused:
+                sample_call(db, call, Keys(project.id, token.token, unique("event")))
+            elapsed = time.monotonic() - started
+            assert not isinstance(refused.value, TransientError), (
+                f"db.{call}() inside db.transaction() raised a TransientError; retrying "
+                f"cannot help: {refused.value}"
+            )
+            assert elapsed < 1, f"db.{call}() inside db.transaction() took {elapsed:.1f}s"
+            assert "transaction" in str(refused.value)
+            assert tx.get_project_by_id(fresh.id) == fresh  # the block is intact
+        projects, tokens, events = before
+        assert db.list_projects() == sorted([*projects, fresh], key=lambda p: p.name)
+        assert db.list_tokens() == tokens, f"db.{call}() inside the block changed a token"
+        assert db.count_audit_events() == events
+        db.health_check()  # the database is still open
+
+    def test_other_threads_are_not_refused_during_a_transaction(self, db: DB) -> None:
+        project = self.given_project(db)
+        found: list[object] = []
+
+        def read() -> None:
+            try:
+                found.append(db.get_project_by_id(project.id))
+            except Exception as exc:  # reported below
+                found.append(exc)
+
+        with db.transaction() as tx:
+            tx.create_project(self.new_project())
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join(timeout=0.5)  # a backend may make it wait for the block
+        reader.join(timeout=30)
+        assert found == [project], f"another thread's call during a transaction got {found}"
 
     # -- stats --------------------------------------------------------------------------
 
@@ -227,6 +252,18 @@ class LifecycleTests(ConformanceBase):
         assert stats.expired_tokens == 2
         assert stats.total_requests == 3 + 5 + 2 + 1
         self.check_size(stats)
+
+    def test_stats_at_the_expiry_instant(self, db: DB) -> None:
+        project = self.given_project(db)
+        with pinned_clock(self.now()) as now:
+            self.given_token(db, project, expires_at=now)  # expired: expires_at <= now
+            self.given_token(db, project, expires_at=now + TICK + self.clock_tolerance)
+            stats = db.stats()
+        counts = (stats.active_tokens, stats.expired_tokens)
+        assert counts == (1, 1), (
+            "stats() with one token expiring at now and one a microsecond later: "
+            f"(active_tokens, expired_tokens) is {counts}, expected (1, 1)"
+        )
 
     @staticmethod
     def check_size(stats: Stats) -> None:

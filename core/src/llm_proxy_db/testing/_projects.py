@@ -70,7 +70,8 @@ class ProjectTests(ConformanceBase):
         for name in ("charlie", "alpha", "delta", "bravo"):
             self.given_project(db, name=f"{tag}-{name}")
         names = [p.name for p in db.list_projects()]
-        assert names == [f"{tag}-{n}" for n in ("alpha", "bravo", "charlie", "delta")]
+        expected = [f"{tag}-{n}" for n in ("alpha", "bravo", "charlie", "delta")]
+        assert names == expected, "list_projects() must order by name"
 
     def test_list_projects_returns_stored_values(self, db: DB) -> None:
         first = self.given_project(db, name="a-project", is_active=False, deactivated_at=at(5))
@@ -96,7 +97,7 @@ class ProjectTests(ConformanceBase):
         assert stored.is_active is False
         assert stored.deactivated_at == at(100.5)
         assert stored.created_at == original.created_at
-        self.assert_within(before, stored.updated_at, after)
+        self.assert_within(before, stored.updated_at, after, what="update_project() updated_at")
 
     def test_update_project_can_reactivate(self, db: DB) -> None:
         original = self.given_project(db, is_active=False, deactivated_at=at(1))
@@ -109,8 +110,8 @@ class ProjectTests(ConformanceBase):
         original = self.given_project(db, created_at=at(0))
         db.update_project(attrs.evolve(original, created_at=at(999), updated_at=at(999)))
         stored = db.get_project_by_id(original.id)
-        assert stored.created_at == at(0)
-        assert stored.updated_at != at(999)
+        assert stored.created_at == at(0), "update_project() wrote created_at"
+        assert stored.updated_at != at(999), "update_project() took updated_at from its argument"
 
     def test_update_project_to_taken_name(self, db: DB) -> None:
         taken = self.given_project(db)
@@ -148,8 +149,9 @@ class ProjectTests(ConformanceBase):
         for token in doomed:
             with pytest.raises(TokenNotFoundError):
                 db.get_token_by_id(token.token)
-        assert db.list_tokens(gone.id) == []
-        assert db.list_tokens() == [kept]
+                pytest.fail("delete_project() left a token of the project behind")
+        assert db.list_tokens(gone.id) == [], "list_tokens(deleted project)"
+        assert db.list_tokens() == [kept], "delete_project() touched another project's tokens"
         try:
             assert db.get_audit_event_by_id(event.id) == event
         except AuditEventNotFoundError:  # pragma: no cover - the failure we look for

@@ -116,11 +116,13 @@ class TokenTests(ConformanceBase):
         fresh = db.get_token_by_id(stale.token)
         returned = db.update_token(attrs.evolve(stale, max_requests=50))
         stored = db.get_token_by_id(stale.token)
-        assert returned == stored
-        assert stored.max_requests == 50
-        assert stored.request_count == 3
-        assert stored.cache_hit_count == 2
-        assert stored.last_used_at == fresh.last_used_at
+        assert stored.request_count == 3, "update_token() from a stale read wrote request_count"
+        assert stored.cache_hit_count == 2, "update_token() from a stale read wrote cache_hit_count"
+        assert stored.last_used_at == fresh.last_used_at, (
+            "update_token() from a stale read wrote last_used_at"
+        )
+        assert stored.max_requests == 50, "update_token() did not store max_requests"
+        assert returned == stored, "update_token() must return the stored token"
 
     def test_update_token_ignores_counters_and_identity_fields(self, db: DB) -> None:
         project = self.given_project(db)
@@ -137,15 +139,32 @@ class TokenTests(ConformanceBase):
             )
         )
         stored = db.get_token_by_id(token.token)
-        assert stored == token
-        assert db.list_tokens(other.id) == []
+        assert stored == token, (
+            "update_token() changed a field other than expires_at, is_active, deactivated_at "
+            "and max_requests"
+        )
+        assert db.list_tokens(other.id) == [], "update_token() moved the token to another project"
 
     def test_list_tokens_newest_first(self, db: DB) -> None:
         project = self.given_project(db)
         made = [self.given_token(db, project, created_at=at(s)) for s in (20, 10, 30, 0)]
         expected = sorted(made, key=lambda t: t.created_at, reverse=True)
-        assert db.list_tokens(project.id) == expected
-        assert db.list_tokens() == expected
+        assert db.list_tokens(project.id) == expected, "list_tokens(project): newest first"
+        assert db.list_tokens() == expected, "list_tokens(): newest created_at first"
+
+    def test_list_tokens_ties_broken_by_token_descending(self, db: DB) -> None:
+        project = self.given_project(db)
+        same = at(100)
+        values = ["sk-tie-b", "sk-tie-d", "sk-tie-a", "sk-tie-c"]
+        for value in values:
+            self.given_token(db, project, token=value + "-" + "x" * 24, created_at=same)
+        newest = self.given_token(db, project, token="sk-tie-0-" + "x" * 24, created_at=at(200))
+        listed = [t.token for t in db.list_tokens(project.id)]
+        expected = [newest.token, *sorted((v + "-" + "x" * 24 for v in values), reverse=True)]
+        assert listed == expected, (
+            "list_tokens(): newest created_at first, ties by token value descending"
+        )
+        assert [t.token for t in db.list_tokens()] == expected, "list_tokens() of every project"
 
     def test_list_tokens_filters_by_project(self, db: DB) -> None:
         first = self.given_project(db)

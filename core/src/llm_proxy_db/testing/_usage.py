@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import attrs
 import pytest
 
 from .._db import DB
 from .._errors import (
+    DatabaseError,
     ProjectInactiveError,
     TokenExpiredError,
     TokenInactiveError,
@@ -18,7 +19,7 @@ from .._errors import (
     TokenNotFoundError,
 )
 from .._models import generate_token
-from ._base import ConformanceBase, at, unique
+from ._base import TICK, ConformanceBase, at, pinned_clock, unique
 
 
 class UsageTests(ConformanceBase):
@@ -30,7 +31,9 @@ class UsageTests(ConformanceBase):
         returned = db.increment_token_usage(token.token)
         after = self.now()
         assert returned.request_count == 1
-        self.assert_within(before, returned.last_used_at, after)
+        self.assert_within(
+            before, returned.last_used_at, after, what="increment_token_usage() last_used_at"
+        )
         assert db.get_token_by_id(token.token) == returned
         assert returned == attrs.evolve(token, request_count=1, last_used_at=returned.last_used_at)
 
@@ -76,11 +79,26 @@ class UsageTests(ConformanceBase):
         assert db.get_token_by_id(token.token) == token
 
     def test_increment_expiring_now_is_expired(self, db: DB) -> None:
-        # expires_at <= now is expired: by the time the call runs, now >= expires_at.
-        token = self.given_token(db, expires_at=self.now())
-        with pytest.raises(TokenExpiredError):
-            db.increment_token_usage(token.token)
-        assert db.get_token_by_id(token.token) == token
+        """``expires_at <= now`` is expired: with the library's clock pinned, a token whose
+        ``expires_at`` *is* now is refused, one a microsecond later still counts."""
+        project = self.given_project(db)
+        with pinned_clock(self.now()) as now:
+            due = self.given_token(db, project, expires_at=now)
+            alive = self.given_token(db, project, expires_at=self.just_after(now))
+            with pytest.raises(TokenExpiredError):
+                db.increment_token_usage(due.token)
+                pytest.fail("increment_token_usage() counted a token whose expires_at is now")
+            assert db.get_token_by_id(due.token) == due, "a refused increment changed the token"
+            used = db.increment_token_usage(alive.token)
+            assert used.request_count == 1, "increment_token_usage() of an unexpired token"
+            self.assert_within(
+                now, used.last_used_at, now, what="increment_token_usage() last_used_at"
+            )
+
+    def just_after(self, now: datetime) -> datetime:
+        """The earliest ``expires_at`` that is not expired at the pinned ``now`` (later by
+        the clock tolerance, for a backend whose clock is a server's)."""
+        return now + TICK + self.clock_tolerance
 
     def test_increment_not_yet_expired(self, db: DB) -> None:
         token = self.given_token(db, expires_at=self.now() + timedelta(hours=1))
@@ -111,22 +129,32 @@ class UsageTests(ConformanceBase):
             expires_at=self.now() - timedelta(seconds=1),
         )
         db.update_token(everything_wrong)
-        with pytest.raises(TokenNotFoundError):
-            db.increment_token_usage(generate_token())
-        with pytest.raises(TokenInactiveError):
-            db.increment_token_usage(token.token)
+
+        def refused(value: str, expected: type[DatabaseError], wrong: str) -> None:
+            try:
+                db.increment_token_usage(value)
+            except DatabaseError as exc:
+                got: str = type(exc).__name__
+            else:
+                got = "no refusal"
+            assert got == expected.__name__, (
+                f"increment_token_usage() of a token that is {wrong} raised {got}; the "
+                f"contract's order (not found, inactive, expired, project inactive, limit) "
+                f"asks for {expected.__name__}"
+            )
+
+        refused(generate_token(), TokenNotFoundError, "unknown")
+        everything = "inactive, expired, of an inactive project and at its limit"
+        refused(token.token, TokenInactiveError, everything)
         db.update_token(attrs.evolve(everything_wrong, is_active=True, deactivated_at=None))
-        with pytest.raises(TokenExpiredError):
-            db.increment_token_usage(token.token)
+        refused(token.token, TokenExpiredError, "expired, of an inactive project and at its limit")
         db.update_token(
             attrs.evolve(everything_wrong, is_active=True, deactivated_at=None, expires_at=None)
         )
-        with pytest.raises(ProjectInactiveError):
-            db.increment_token_usage(token.token)
+        refused(token.token, ProjectInactiveError, "of an inactive project and at its limit")
         db.update_project(attrs.evolve(project, is_active=True, deactivated_at=None))
-        with pytest.raises(TokenLimitReachedError):
-            db.increment_token_usage(token.token)
-        assert db.get_token_by_id(token.token).request_count == 1
+        refused(token.token, TokenLimitReachedError, "at its limit")
+        assert db.get_token_by_id(token.token).request_count == 1, "a refusal counted a request"
 
     def test_increment_exact_limit_with_racing_threads(self, db: DB) -> None:
         threads, attempts_each, limit = 8, 25, 50
@@ -165,13 +193,29 @@ class UsageTests(ConformanceBase):
         db.revoke_token(token.token)
         after = self.now()
         first = db.get_token_by_id(token.token)
-        assert first.is_active is False
-        self.assert_within(before, first.deactivated_at, after)
+        assert first.is_active is False, "revoke_token() left the token active"
+        self.assert_within(
+            before, first.deactivated_at, after, what="revoke_token() deactivated_at"
+        )
         assert first == attrs.evolve(token, is_active=False, deactivated_at=first.deactivated_at)
         db.revoke_token(token.token)
         assert db.get_token_by_id(token.token) == first
         with pytest.raises(TokenInactiveError):
             db.increment_token_usage(token.token)
+
+    def test_revoke_keeps_an_existing_deactivated_at(self, db: DB) -> None:
+        # An active token may carry a deactivated_at (reactivated by update_token without
+        # clearing it): revoking keeps that first instant.
+        token = self.given_token(db, deactivated_at=at(5))
+        db.revoke_token(token.token)
+        stored = db.get_token_by_id(token.token)
+        assert (stored.is_active, stored.deactivated_at) == (False, at(5)), (
+            "revoke_token() of an active token with deactivated_at set: (is_active, deactivated_at)"
+        )
+        db.update_token(attrs.evolve(stored, is_active=True))
+        assert db.revoke_project_tokens(token.project_id) == 1
+        again = db.get_token_by_id(token.token)
+        assert again.deactivated_at == at(5), "revoke_project_tokens() replaced deactivated_at"
 
     def test_revoke_unknown_token(self, db: DB) -> None:
         with pytest.raises(TokenNotFoundError):
@@ -187,12 +231,18 @@ class UsageTests(ConformanceBase):
         inactive = self.given_token(db, project, is_active=False, deactivated_at=at(7))
         bystander = self.given_token(db, other)
         before = self.now()
-        assert db.revoke_project_tokens(project.id) == 2
+        changed = db.revoke_project_tokens(project.id)
         after = self.now()
+        assert changed == 2, (
+            f"revoke_project_tokens() of 2 active and 1 inactive token returned {changed}: it "
+            "counts the tokens that went from active to inactive"
+        )
         for token in active:
             stored = db.get_token_by_id(token.token)
-            assert stored.is_active is False
-            self.assert_within(before, stored.deactivated_at, after)
+            assert stored.is_active is False, "revoke_project_tokens() left a token active"
+            self.assert_within(
+                before, stored.deactivated_at, after, what="revoke_project_tokens() deactivated_at"
+            )
         assert db.get_token_by_id(inactive.token) == inactive
         assert db.get_token_by_id(bystander.token) == bystander
         assert db.revoke_project_tokens(project.id) == 0
@@ -212,15 +262,41 @@ class UsageTests(ConformanceBase):
         future = self.given_token(db, project, expires_at=self.now() + timedelta(hours=1))
         forever = self.given_token(db, project)
         before = self.now()
-        assert db.revoke_expired_tokens() == 2
+        changed = db.revoke_expired_tokens()
         after = self.now()
+        assert changed == 2, (
+            f"revoke_expired_tokens() of 2 active and 1 inactive expired token returned {changed}"
+        )
         for token in expired:
             stored = db.get_token_by_id(token.token)
-            assert stored.is_active is False
-            self.assert_within(before, stored.deactivated_at, after)
+            assert stored.is_active is False, "revoke_expired_tokens() left a token active"
+            self.assert_within(
+                before, stored.deactivated_at, after, what="revoke_expired_tokens() deactivated_at"
+            )
         for token in (inactive_expired, future, forever):
             assert db.get_token_by_id(token.token) == token
         assert db.revoke_expired_tokens() == 0
+
+    def test_revoke_expired_tokens_at_the_expiry_instant(self, db: DB) -> None:
+        project = self.given_project(db)
+        with pinned_clock(self.now()) as now:
+            due = self.given_token(db, project, expires_at=now)
+            past = self.given_token(db, project, expires_at=now - TICK)
+            alive = self.given_token(db, project, expires_at=self.just_after(now))
+            revoked = db.revoke_expired_tokens()
+            assert revoked == 2, (
+                "revoke_expired_tokens() with tokens expiring at now, a microsecond before "
+                f"and a microsecond after: {revoked} revoked, expected 2 (expires_at <= now)"
+            )
+            for token in (due, past):
+                stored = db.get_token_by_id(token.token)
+                assert stored.is_active is False, (
+                    f"revoke_expired_tokens() left active a token expiring {token.expires_at}"
+                )
+                self.assert_within(
+                    now, stored.deactivated_at, now, what="revoke_expired_tokens() deactivated_at"
+                )
+            assert db.get_token_by_id(alive.token) == alive, "revoked a token not yet expired"
 
     def test_revoke_expired_tokens_when_none(self, db: DB) -> None:
         assert db.revoke_expired_tokens() == 0
@@ -234,15 +310,8 @@ class UsageTests(ConformanceBase):
         db.increment_cache_hit_count(token.token, 5)
         db.increment_cache_hit_count(token.token, delta=2)
         stored = db.get_token_by_id(token.token)
-        assert stored.cache_hit_count == 8
-        assert stored.request_count == 0
-
-    @pytest.mark.parametrize("delta", [0, -1])
-    def test_increment_cache_hit_count_rejects_bad_delta(self, db: DB, delta: int) -> None:
-        token = self.given_token(db)
-        with pytest.raises(ValueError):
-            db.increment_cache_hit_count(token.token, delta)
-        assert db.get_token_by_id(token.token) == token
+        assert stored.cache_hit_count == 8, "cache_hit_count after increments of 1, 5 and 2"
+        assert stored.request_count == 0, "increment_cache_hit_count() changed request_count"
 
     def test_increment_cache_hit_count_unknown_token(self, db: DB) -> None:
         with pytest.raises(TokenNotFoundError):
@@ -255,10 +324,12 @@ class UsageTests(ConformanceBase):
         db.increment_cache_hit_count(token.token, 3)
         used = db.get_token_by_id(token.token)
         returned = db.reset_token_usage(token.token)
-        assert returned == attrs.evolve(used, request_count=0)
-        assert db.get_token_by_id(token.token) == returned
-        assert returned.cache_hit_count == 3
-        assert returned.last_used_at == used.last_used_at
+        assert returned.cache_hit_count == 3, "reset_token_usage() changed cache_hit_count"
+        assert returned.last_used_at == used.last_used_at, (
+            "reset_token_usage() changed last_used_at"
+        )
+        assert returned == attrs.evolve(used, request_count=0), "reset_token_usage() returned"
+        assert db.get_token_by_id(token.token) == returned, "reset_token_usage() stored"
         assert db.increment_token_usage(token.token).request_count == 1
 
     def test_reset_unknown_token(self, db: DB) -> None:
