@@ -1,6 +1,8 @@
 """The conformance suite on the jsonfile backend, selected by name through its entry point."""
 
 import itertools
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,22 @@ class TestJsonFile(StoreConformance):
             return new_from_full_config(config)
 
         return factory
+
+    @pytest.fixture
+    def failing_storage(self, db: DB) -> AbstractContextManager[None]:
+        """The store file replaced by a folder: every read and write of it fails."""
+
+        @contextmanager
+        def folder_in_place_of_the_file() -> Iterator[None]:
+            path = Path(db.config.path)
+            saved = path.read_bytes() if path.exists() else None
+            path.unlink(missing_ok=True)
+            path.mkdir()
+            try:
+                yield
+            finally:
+                path.rmdir()
+                if saved is not None:
+                    path.write_bytes(saved)
+
+        return folder_in_place_of_the_file()
