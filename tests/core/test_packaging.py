@@ -4,10 +4,16 @@ admit it, and the MIT license shipped with each."""
 from __future__ import annotations
 
 import configparser
+import email.parser
 import importlib.metadata
+import importlib.util
 import os
 import re
+import subprocess
+import sys
+import tarfile
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +111,54 @@ def test_license_is_the_repository_one(path: Path) -> None:
     project = PROJECTS[path]["project"]
     assert project["license"] == "MIT"
     assert project["license-files"] == ["LICENSE"]
-    # A link, not a copy: hatchling takes no license file from outside the project folder.
-    assert (path.parent / "LICENSE").resolve() == LICENSE_FILE
+    # A copy, not a link: hatchling takes no license file from outside the project folder,
+    # and a link would reach outside an sdist (a wheel built from it would have no license).
+    copy = path.parent / "LICENSE"
+    assert copy.is_file() and not copy.is_symlink(), f"{_where(path)}/LICENSE: not a plain file"
+    assert copy.read_bytes() == LICENSE_FILE.read_bytes(), (
+        f"{_where(path)}/LICENSE differs from the repository's LICENSE: copy it again"
+    )
     assert "Copyright (c) 2026 The llm-proxy-db authors" in LICENSE_FILE.read_text()
+
+
+def _can_import(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(not _can_import("build"), reason="needs `build` (pip install build)")
+def test_a_wheel_built_from_the_sdist_has_the_version_and_the_license(tmp_path: Path) -> None:
+    """What ``python -m build backends/memory`` does: an sdist, then a wheel from that sdist
+    alone (no VERSION beside it: hatchling takes the version from the sdist's PKG-INFO)."""
+    # With the env's hatchling (tox provides it), no build env: under a second. Without it,
+    # build makes two envs with hatchling from the package index: a few seconds.
+    isolation = ["--no-isolation"] if _can_import("hatchling") else []
+    done = subprocess.run(
+        [sys.executable, "-m", "build", *isolation, "--outdir", str(tmp_path), "backends/memory"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Building wheel from sdist" in done.stdout + done.stderr
+    version, license_text = _version(), LICENSE_FILE.read_bytes()
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    (wheel,) = tmp_path.glob("*.whl")
+    assert sdist.name == f"llm_proxy_db_memory-{version}.tar.gz"
+    assert wheel.name == f"llm_proxy_db_memory-{version}-py3-none-any.whl"
+    with tarfile.open(sdist) as tar:
+        member = tar.getmember(f"llm_proxy_db_memory-{version}/LICENSE")
+        assert member.isfile(), "the sdist's LICENSE is a link"
+        extracted = tar.extractfile(member)
+        assert extracted is not None and extracted.read() == license_text
+    with zipfile.ZipFile(wheel) as whl:
+        info = f"llm_proxy_db_memory-{version}.dist-info"
+        assert whl.read(f"{info}/licenses/LICENSE") == license_text
+        metadata = email.parser.BytesParser().parsebytes(whl.read(f"{info}/METADATA"))
+    assert Version(metadata["Version"]) == version
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
 
 
 def _installed(name: str) -> importlib.metadata.Distribution | None:
@@ -142,3 +193,15 @@ def test_lint_and_type_tools_are_pinned_alike_in_tox_and_pre_commit() -> None:
     revs = re.findall(r"repo: https://github.com/astral-sh/ruff-pre-commit\s+rev: v(\S+)", hooks)
     assert revs == [ruff]
     assert re.findall(r"- mypy==(\S+)", hooks) == [mypy]
+
+
+def test_the_pre_commit_mypy_hook_runs_the_commands_of_tox_type() -> None:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    commands = [line.strip() for line in tox["testenv:type"]["commands"].splitlines()]
+    hooks = (ROOT / ".pre-commit-config.yaml").read_text()
+    match = re.search(r"- id: mypy\n.*?entry: >-\n(.*?)\n\s+language:", hooks, re.DOTALL)
+    assert match is not None, "the mypy hook's entry is no longer a folded bash -c script"
+    script = " ".join(match.group(1).split())
+    runs = [part.strip().strip("'") for part in script.split(";")]
+    assert [run for run in runs if run.startswith("mypy ")] == [c for c in commands if c]

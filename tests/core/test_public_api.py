@@ -119,8 +119,9 @@ GUIDE = README.parent / "docs" / "writing-a-backend.md"
 @pytest.mark.parametrize(
     ("module", "documents"),
     [
-        (llm_proxy_db, (README, GUIDE)),
+        (llm_proxy_db, (README,)),
         (llm_proxy_db.sql, (GUIDE,)),
+        (llm_proxy_db.testing, (README,)),
         (llm_proxy_db.testing, (GUIDE,)),
     ],
 )

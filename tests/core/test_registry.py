@@ -27,7 +27,7 @@ from llm_proxy_db import (
     register_backend,
     unregister_backend,
 )
-from llm_proxy_db._registry import reset_registry
+from llm_proxy_db._registry import _supported_versions, reset_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,21 @@ def test_two_distributions_claiming_one_name_is_an_error_naming_both(site: Path)
     assert "twin" in by_name() and by_name()["twin"].error
 
 
-SUPPORTED = f"supports versions {MIN_STORAGE_API_VERSION} to {STORAGE_API_VERSION}"
+SUPPORTED = "supports " + (
+    f"version {STORAGE_API_VERSION}"
+    if MIN_STORAGE_API_VERSION == STORAGE_API_VERSION
+    else f"versions {MIN_STORAGE_API_VERSION} to {STORAGE_API_VERSION}"
+)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "words"),
+    [(2, 2, "version 2"), (2, 3, "versions 2 to 3"), (1, 4, "versions 1 to 4")],
+)
+def test_the_supported_range_is_worded_for_one_version_or_several(
+    low: int, high: int, words: str
+) -> None:
+    assert _supported_versions(low, high) == words
 
 
 def test_backend_for_a_newer_api_is_refused(site: Path) -> None:

@@ -73,10 +73,11 @@ def drive(operation: Operation[Any], answers: Iterator[Any], log: list[str]) -> 
 
 
 def drive_flow(flow: Flow[Any], answers: Iterator[Any], log: list[str]) -> Any:
+    steps = flow.steps()
     sent: Any = None
     while True:
         try:
-            step = flow.steps.send(sent)
+            step = steps.send(sent)
         except StopIteration as done:
             return done.value
         sent = drive(step, answers, log)
@@ -151,12 +152,25 @@ def test_revoking_an_unknown_token_with_matched_row_counts_needs_no_read() -> No
     assert log == ["UPDATE"]
 
 
-def test_a_unique_violation_names_the_project() -> None:
+@pytest.mark.parametrize(
+    ("constraint", "key"),
+    [
+        ("projects.name", "acme"),  # SQLite names the columns
+        ("projects_name_key", "acme"),  # PostgreSQL the constraint
+        ("projects.id", "p-acme"),
+        ("projects_pkey", "p-acme"),
+        (None, None),  # the driver did not say: the message names both, the key neither
+    ],
+)
+def test_a_unique_violation_names_what_is_taken(constraint: str | None, key: str | None) -> None:
     logic = StoreLogic(Statements(DIALECT))
-    project = Project(name="acme", openai_api_key="sk-upstream", created_at=datetime.now(UTC))
+    project = Project(
+        id="p-acme", name="acme", openai_api_key="sk-upstream", created_at=datetime.now(UTC)
+    )
+    violation = IntegrityViolation(kind="unique", constraint=constraint)
     with pytest.raises(ProjectExistsError) as taken:
-        drive(logic.create_project(project), iter([IntegrityViolation(kind="unique")]), [])
-    assert taken.value.key == "acme"
+        drive(logic.create_project(project), iter([violation]), [])
+    assert taken.value.key == key
 
 
 def test_search_escapes_with_the_dialects_character() -> None:
@@ -169,3 +183,12 @@ def test_search_escapes_with_the_dialects_character() -> None:
 def test_steps_never_show_their_parameters() -> None:
     step = StoreLogic(Statements(DIALECT)).get_token_by_id(TOKEN)
     assert TOKEN not in repr(step)
+
+
+def test_a_flow_runs_again_from_the_start() -> None:
+    logic = StoreLogic(Statements(NO_RETURNING))
+    operation = logic.reset_token_usage(TOKEN)
+    for _ in range(2):  # a retry runs the same operation again
+        log: list[str] = []
+        assert drive(operation, iter([1, [token_row()]]), log).token == TOKEN
+        assert log == ["UPDATE", "SELECT"]

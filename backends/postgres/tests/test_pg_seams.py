@@ -241,3 +241,12 @@ def test_the_same_store_logic_runs_on_an_awaiting_executor(migrated_url: str) ->
             assert (stats.projects, stats.tokens, stats.total_requests) == (1, 1, 5)
 
     asyncio.run(scenario())
+
+
+def test_the_dialects_insert_or_ignore_skips_an_existing_key(migrated_url: str) -> None:
+    statement = POSTGRES.insert_ignoring_duplicates("projects", "id, name, openai_api_key")
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        first = conn.execute(statement, ("p-1", "one", "sk-a")).rowcount
+        again = conn.execute(statement, ("p-1", "other", "sk-b")).rowcount
+        rows = conn.execute("SELECT id, name FROM projects").fetchall()
+    assert (first, again, rows) == (1, 0, [("p-1", "one")])

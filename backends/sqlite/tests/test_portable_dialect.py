@@ -70,3 +70,18 @@ def test_the_portable_statements_have_no_returning() -> None:
     for name in ("update_project", "update_token", "increment_usage", "reset_usage"):
         assert "RETURNING" not in getattr(statements, name), name
     assert "RETURNING" in Statements(SQLITE).increment_usage
+
+
+def test_the_dialects_insert_or_ignore_skips_an_existing_key(tmp_path: Path) -> None:
+    import sqlite3
+
+    new_from_full_config(FullConfig(driver="sqlite", path=str(tmp_path / "db.sqlite"))).close()
+    statement = SQLITE.insert_ignoring_duplicates("projects", "id, name, openai_api_key")
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        first = conn.execute(statement, ("p-1", "one", "sk-a")).rowcount
+        again = conn.execute(statement, ("p-1", "other", "sk-b")).rowcount
+        rows = conn.execute("SELECT id, name FROM projects").fetchall()
+    finally:
+        conn.close()
+    assert (first, again, rows) == (1, 0, [("p-1", "one")])

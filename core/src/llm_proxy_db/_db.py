@@ -7,13 +7,9 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import _transaction_rule
 from ._config import Config, FullConfig, config_from_env
-from ._delegation import (
-    ForwardedStores,
-    forwarding,
-    open_transactions,
-    refuse_inside_transaction,
-)
+from ._delegation import ForwardedStores, forwarding
 from ._errors import ConfigError, DatabaseError, MigrationError
 from ._protocols import Stores
 from ._registry import BackendSpec, Capabilities, get_backend_spec, list_backends
@@ -95,7 +91,7 @@ class DB(StoreFacade):
     @property
     def migrations(self) -> Migrations:
         """The schema migration runner (SQL backends only)."""
-        refuse_inside_transaction(self, "migrations")
+        _transaction_rule.refuse(self, "migrations")
         if self._backend.__class__ is _Closed:
             raise DatabaseError("the database is closed")
         if self._migrations is None:
@@ -104,7 +100,7 @@ class DB(StoreFacade):
 
     def close(self) -> None:
         """Release every connection. Idempotent; later calls raise ``DatabaseError``."""
-        refuse_inside_transaction(self, "close")
+        _transaction_rule.refuse(self, "close")
         backend, self._backend = self._backend, _Closed()
         self._stores = self._backend
         if not isinstance(backend, _Closed):
@@ -112,7 +108,7 @@ class DB(StoreFacade):
 
     def health_check(self) -> None:
         """Raise ``DatabaseError`` unless the storage answers."""
-        refuse_inside_transaction(self, "health_check")
+        _transaction_rule.refuse(self, "health_check")
         self._backend.health_check()
 
     @contextmanager
@@ -122,15 +118,15 @@ class DB(StoreFacade):
         Inside the block use the object it yields: calls on this ``DB`` raise
         ``DatabaseError`` there (they would wait for the block's own locks).
         """
-        refuse_inside_transaction(self, "transaction")
+        _transaction_rule.refuse(self, "transaction")
         with self._backend.transaction() as stores:
             facade = StoreFacade(stores)
-            marker = open_transactions.set((*open_transactions.get(), self))
+            block = _transaction_rule.enter(self, blocking=True)
             try:
                 yield facade
             finally:
-                open_transactions.reset(marker)
                 facade._stores = _Ended()
+                _transaction_rule.leave(block)
 
     def __enter__(self) -> DB:
         return self

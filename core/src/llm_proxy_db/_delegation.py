@@ -6,8 +6,8 @@ executor, and their awaiting twins) gets its methods from :func:`forwarding`, wh
 each method from the protocol's signature, so none of them is written out by hand:
 
 * ``checked``: the arguments' types are checked against the protocol's annotations
-  (``TypeError``; counts such as ``delta`` must be integers >= 1, ``ValueError``);
-* ``guarded``: the transaction rule (see :func:`refuse_inside_transaction`);
+  (``TypeError``; the counts in :data:`COUNTS` must be integers >= 1, ``ValueError``);
+* ``guarded``: the transaction rule (:mod:`._transaction_rule`);
 * ``call``: what the method returns, e.g. ``self._stores.{name}({args})``;
 * ``awaiting``: an ``async def`` that awaits the call.
 
@@ -18,22 +18,22 @@ also what type checkers read), and :func:`forwarding` replaces each with generat
 from __future__ import annotations
 
 import inspect
+import linecache
 import types
+import typing
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any, Final, TypeVar, Union, cast, get_args, get_origin
 
-from ._errors import DatabaseError
+from . import _transaction_rule
 from ._protocols import Stores
 
 __all__ = [
+    "COUNTS",
     "ForwardedStores",
     "forward",
     "forwarded_names",
     "forwarding",
-    "open_transactions",
     "protocol_methods",
-    "refuse_inside_transaction",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,28 +42,9 @@ C = TypeVar("C", bound=type)
 _FORWARDED: Final = "__llm_proxy_db_forwarded__"
 """Where a decorated class keeps ``{name: protocol method}`` of what it forwards."""
 
-open_transactions: ContextVar[tuple[object, ...]] = ContextVar(
-    "llm_proxy_db_open_transactions", default=()
-)
-"""The facades (``DB``, ``AsyncDB``) with a ``transaction()`` block open in this context.
-
-A ``ContextVar``: a thread starts with none; an asyncio task inherits the value of the
-code that created it, so tasks started inside a block are inside it too."""
-
-
-def refuse_inside_transaction(facade: object, call: str) -> None:
-    """Raise ``DatabaseError`` if ``facade`` has a transaction block open in this context.
-
-    Inside its own block, a call on the facade would wait for the block's locks (a hang
-    on PostgreSQL, a timeout on SQLite) or silently join it (memory): the block's own
-    object is the one to use.
-    """
-    if facade in open_transactions.get():
-        raise DatabaseError(
-            f"{call}() was called on the database inside its own transaction() block: "
-            "use the object the block yields (with db.transaction() as tx: tx."
-            f"{call}(...)), or call it after the block"
-        )
+COUNTS: Final = frozenset({"delta"})
+"""Parameters that are counts: integers >= 1 (``ValueError`` otherwise); other ``int``
+parameters are only checked to be ints (never bools)."""
 
 
 class _Forward:
@@ -144,52 +125,94 @@ def _generate(
     signature = inspect.signature(method, eval_str=True)
     parameters = list(signature.parameters.values())[1:]  # without self
     globals_: dict[str, Any] = {
-        "_refuse": refuse_inside_transaction,
-        "_open": open_transactions,
+        "_blocks": _transaction_rule.open_blocks,
+        "_threads": _transaction_rule.thread_blocks,
+        "_refuse": _transaction_rule.refuse,
         "_type_error": _type_error,
         "_count_error": _count_error,
         **namespace,
     }
-    header: list[str] = []
-    arguments: list[str] = []
-    for index, parameter in enumerate(parameters):
-        if parameter.default is inspect.Parameter.empty:
-            header.append(parameter.name)
-        else:
-            default = f"_default_{index}"
-            globals_[default] = parameter.default
-            header.append(f"{parameter.name}={default}")
-        arguments.append(parameter.name)
-    lines = [f"{'async ' if awaiting else ''}def {name}(self, {', '.join(header)}):"]
-    if guarded:
-        lines.append(f"    if _open.get(): _refuse(self, {name!r})")
+    header, arguments = _header_and_arguments(parameters, globals_)
+    lines = [f"{'async ' if awaiting else ''}def {name}({', '.join(['self', *header])}):"]
+    if guarded and awaiting:  # an awaiting facade: the context's blocks only
+        lines.append(f"    if _blocks.get(): _refuse(self, {name!r}, blocking=False)")
+    elif guarded:
+        lines.append(f"    if _blocks.get() or _threads: _refuse(self, {name!r})")
     if checked:
         for index, parameter in enumerate(parameters):
             lines.extend(_check(parameter, f"_kind_{index}", globals_))
     body = call.format(name=name, args=", ".join(arguments))
     lines.append(f"    return {'await ' if awaiting else ''}{body}")
-    source = "\n".join(lines).replace("(self, )", "(self)")
-    code = compile(source, f"<forwarded {owner.__qualname__}.{name}>", "exec")
-    exec(code, globals_)  # noqa: S102 - generated from the protocol's own signatures
+    source = "\n".join(lines) + "\n"
+    filename = f"<forwarded {owner.__module__}.{owner.__qualname__}.{name}>"
+    # As attrs does: register the source, so tracebacks show the generated lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), globals_)  # noqa: S102 - from our protocols only
     generated: Callable[..., Any] = globals_[name]
     generated.__qualname__ = f"{owner.__qualname__}.{name}"
     generated.__module__ = owner.__module__
     generated.__doc__ = method.__doc__
+    generated.__annotations__ = typing.get_type_hints(method)
     generated.__signature__ = signature  # type: ignore[attr-defined]
     generated.__wrapped__ = method  # type: ignore[attr-defined]
     return generated
 
 
+def _header_and_arguments(
+    parameters: list[inspect.Parameter], globals_: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The generated ``def``'s parameter list and the call's arguments, kinds kept."""
+    header: list[str] = []
+    arguments: list[str] = []
+    kind = inspect.Parameter
+    keyword_only_started = False
+    for index, parameter in enumerate(parameters):
+        text = parameter.name
+        if parameter.default is not kind.empty:
+            default = f"_default_{index}"
+            globals_[default] = parameter.default
+            text = f"{text}={default}"
+        if parameter.kind is kind.VAR_POSITIONAL:
+            header.append(f"*{parameter.name}")
+            arguments.append(f"*{parameter.name}")
+            keyword_only_started = True
+            continue
+        if parameter.kind is kind.VAR_KEYWORD:
+            header.append(f"**{parameter.name}")
+            arguments.append(f"**{parameter.name}")
+            continue
+        if parameter.kind is kind.KEYWORD_ONLY:
+            if not keyword_only_started:
+                header.append("*")
+                keyword_only_started = True
+            arguments.append(f"{parameter.name}={parameter.name}")
+        else:
+            arguments.append(parameter.name)
+        header.append(text)
+        if parameter.kind is kind.POSITIONAL_ONLY and (
+            index + 1 == len(parameters) or parameters[index + 1].kind is not kind.POSITIONAL_ONLY
+        ):
+            header.append("/")
+    return header, arguments
+
+
 def _check(parameter: inspect.Parameter, slot: str, globals_: dict[str, Any]) -> list[str]:
     """Source lines that check one argument against its annotation."""
     name = parameter.name
+    if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        return []
     kinds, optional = _kinds(parameter.annotation)
     if kinds == (int,):
-        # Counts handed to a store (``delta``) are integers >= 1; bool is not one.
-        condition = f"{name}.__class__ is not int or {name} < 1"
+        condition = f"{name}.__class__ is not int"  # an int, never a bool
+        if name in COUNTS:
+            condition += f" or {name} < 1"
         if optional:
             condition = f"{name} is not None and ({condition})"
-        return [f"    if {condition}: raise _count_error({name!r}, {name})"]
+        error = "_count_error" if name in COUNTS else "_type_error"
+        extra = "" if name in COUNTS else f", {slot}"
+        if name not in COUNTS:
+            globals_[slot] = kinds
+        return [f"    if {condition}: raise {error}({name!r}{extra}, {name})"]
     globals_[slot] = kinds
     condition = f"not isinstance({name}, {slot})"
     if optional:

@@ -18,6 +18,8 @@ __all__ = ["AuditStore", "Backend", "ProjectStore", "Stores", "TokenStore"]
 class ProjectStore(Protocol):
     """Projects: tenants holding an upstream API key."""
 
+    __slots__ = ()
+
     def create_project(self, project: Project) -> Project:
         """Insert ``project``; ``ProjectExistsError`` if its id or name is taken."""
         ...
@@ -49,6 +51,8 @@ class ProjectStore(Protocol):
 @runtime_checkable
 class TokenStore(Protocol):
     """Tokens: client credentials with quotas and usage counters."""
+
+    __slots__ = ()
 
     def create_token(self, token: Token) -> Token:
         """Insert ``token``; ``ProjectNotFoundError`` for an unknown project,
@@ -120,6 +124,8 @@ class TokenStore(Protocol):
 class AuditStore(Protocol):
     """The append-only audit log: no update or delete."""
 
+    __slots__ = ()
+
     def create_audit_event(self, event: AuditEvent) -> AuditEvent:
         """Append ``event``; ``AlreadyExistsError`` for a duplicate id."""
         ...
@@ -140,6 +146,8 @@ class AuditStore(Protocol):
 class Stores(ProjectStore, TokenStore, AuditStore, Protocol):
     """All three stores, plus the operator's counts: what a transaction yields."""
 
+    __slots__ = ()
+
     def stats(self) -> Stats:
         """Counts of projects, tokens and requests, and the storage size."""
         ...
@@ -147,6 +155,8 @@ class Stores(ProjectStore, TokenStore, AuditStore, Protocol):
 
 class Backend(Stores, Protocol):
     """What a backend factory returns; the ``DB`` facade wraps one."""
+
+    __slots__ = ()
 
     def close(self) -> None:
         """Release every connection; idempotent."""

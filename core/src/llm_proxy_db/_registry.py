@@ -281,9 +281,15 @@ def _check_spec(spec: object, origin: str) -> None:
         upgrade = "the backend" if version < MIN_STORAGE_API_VERSION else "llm-proxy-db"
         raise ConfigError(
             f"backend {spec.name!r} ({origin}) is written for storage API version {version}, "
-            f"but this llm-proxy-db supports versions {MIN_STORAGE_API_VERSION} to "
-            f"{STORAGE_API_VERSION}: upgrade {upgrade}"
+            "but this llm-proxy-db supports "
+            f"{_supported_versions(MIN_STORAGE_API_VERSION, STORAGE_API_VERSION)}: "
+            f"upgrade {upgrade}"
         )
+
+
+def _supported_versions(low: int, high: int) -> str:
+    """The storage API versions ``low`` to ``high``, in words: "version 2", "versions 2 to 3"."""
+    return f"version {low}" if low == high else f"versions {low} to {high}"
 
 
 _registry = _Registry()

@@ -70,12 +70,13 @@ def translate_error(exc: Exception) -> DatabaseError:
     """
     diag = getattr(exc, "diag", None)
     message = (diag.message_primary if diag is not None else None) or type(exc).__name__
+    constraint = diag.constraint_name if diag is not None else None
     if isinstance(exc, psycopg.errors.UniqueViolation):
-        return IntegrityViolation(message, kind="unique")
+        return IntegrityViolation(message, kind="unique", constraint=constraint)
     if isinstance(exc, psycopg.errors.ForeignKeyViolation):
-        return IntegrityViolation(message, kind="foreign_key")
+        return IntegrityViolation(message, kind="foreign_key", constraint=constraint)
     if isinstance(exc, psycopg.IntegrityError):
-        return IntegrityViolation(message)
+        return IntegrityViolation(message, kind="other", constraint=constraint)
     if isinstance(exc, PoolTimeout):
         return DatabaseError(f"no PostgreSQL connection was free within {POOL_TIMEOUT_S:g}s")
     if isinstance(exc, _RETRYABLE):
@@ -92,11 +93,13 @@ def _conninfo(config: FullConfig) -> str:
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.Error:
+        params = None
+    if params is None:  # raised here, not in the except: nothing of psycopg's is attached
         # psycopg's reason may quote the string, password included: give none of it.
         raise ConfigError(
             "DATABASE_URL is not a valid PostgreSQL URL; use the form "
             "postgresql://user:password@host:5432/dbname"
-        ) from None
+        )
     # libpq takes any text as a port and only fails when connecting: refuse it here.
     ports = str(params.get("port") or "")
     if not all(port.strip().isdigit() for port in ports.split(",") if port.strip()):
@@ -159,14 +162,13 @@ class PostgresBackend(SqlBackend):
         then only say that no connection was free)."""
         try:
             psycopg.connect(self._url, connect_timeout=max(2, int(POOL_TIMEOUT_S))).close()
+            return
         except psycopg.Error as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            password = conninfo.conninfo_to_dict(self._url).get("password")
-            if password:
-                reason = reason.replace(str(password), "***")
-            raise DatabaseError(
-                f"cannot reach PostgreSQL at {describe_target(self._url)}: {reason}"
-            ) from None
+        password = conninfo.conninfo_to_dict(self._url).get("password")
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise DatabaseError(f"cannot reach PostgreSQL at {describe_target(self._url)}: {reason}")
 
     def _translate(self, exc: Exception) -> DatabaseError:
         """``translate_error``; after a lost connection, also test the idle ones.

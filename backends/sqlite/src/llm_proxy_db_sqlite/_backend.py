@@ -40,8 +40,12 @@ def translate_error(exc: Exception) -> DatabaseError:
         if code == _FOREIGN_KEY_CODE:
             return IntegrityViolation("a foreign key constraint failed", kind="foreign_key")
         if code in _UNIQUE_CODES:
-            return IntegrityViolation("a unique constraint failed", kind="unique")
-        return IntegrityViolation(f"a constraint failed: {exc}")
+            # "UNIQUE constraint failed: projects.name": the columns, never the values.
+            columns = str(exc).partition("failed: ")[2] or None
+            return IntegrityViolation(
+                "a unique constraint failed", kind="unique", constraint=columns
+            )
+        return IntegrityViolation(f"a constraint failed: {exc}", kind="other")
     if code is not None and code & 0xFF in _BUSY_CODES:
         return TransientError(f"SQLite is busy: {exc}")
     return DatabaseError(f"SQLite error: {exc}")

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from .. import parse_duration
+from .._clock import utcnow
 from ._state import State
 from ._usage import HintedBadParameter
 
@@ -50,7 +51,7 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
     else:
         if abs(ago) > _LONGEST:
             raise click.BadParameter(f"{text!r} is more than 100 years", ctx, param)
-        return datetime.now(UTC) - ago
+        return utcnow() - ago
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

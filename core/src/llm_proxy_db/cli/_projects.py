@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import click
 
 from .. import Project, Stores
+from .._clock import utcnow
 from ._changes import Trail, audited_change
 from ._output import echo_document, fields, project_document, table, when
 from ._params import json_option
@@ -194,7 +194,7 @@ def deactivate(state: State, project_ref: str, revoke_tokens: bool) -> None:
         trail.project_id = current.id
         if current.is_active:
             current = tx.update_project(
-                attrs.evolve(current, is_active=False, deactivated_at=datetime.now(UTC))
+                attrs.evolve(current, is_active=False, deactivated_at=utcnow())
             )
         revoked = tx.revoke_project_tokens(current.id) if revoke_tokens else None
         if revoked is not None:

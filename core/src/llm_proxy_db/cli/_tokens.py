@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import click
 
 from .. import DatabaseError, Project, Stores, Token, TokenUsageError, mask_token
+from .._clock import utcnow
 from ._changes import Trail, audited_change
 from ._output import echo_document, fields, table, token_document, token_status, when
 from ._params import duration_option, json_option
@@ -114,7 +115,7 @@ def create(
     """
     if quiet and state.json:
         raise HintedUsageError("--quiet and --json do not combine", hint="choose one")
-    expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
+    expires_at = None if expires_in is None else utcnow() + expires_in
 
     def change(tx: Stores, trail: Trail) -> tuple[Token, Project]:
         owner = resolve_project(tx, project_ref)

@@ -100,6 +100,7 @@ class DbApiExecutor(Generic[C]):
 
     def run(self, operation: Operation[T]) -> T:
         """Carry out ``operation`` on a connection of its own."""
+        # What _lend() does, written out: the hot path pays no generator-based context.
         try:
             with self._checkout() as conn:
                 return self._perform(conn, operation, False)  # type: ignore[no-any-return]
@@ -165,10 +166,10 @@ class DbApiExecutor(Generic[C]):
 
     def _flow(self, conn: C, flow: Flow[Any], in_transaction: bool) -> Any:
         if in_transaction or not flow.atomic:
-            return self._drive(conn, flow.steps, in_transaction)
+            return self._drive(conn, flow.steps(), in_transaction)
         self._statement(conn, self._begin)
         try:
-            value = self._drive(conn, flow.steps, True)
+            value = self._drive(conn, flow.steps(), True)
         except BaseException:
             self._rollback(conn)
             raise
@@ -248,6 +249,12 @@ class AsyncDbApiExecutor(Generic[C]):
             await self._statement(conn, _COMMIT)
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[C]:
+        """A connection for work outside the store logic, with lending errors translated."""
+        async with self._lend() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def _lend(self) -> AsyncIterator[C]:
         error: DatabaseError | None = None
         try:
@@ -283,10 +290,10 @@ class AsyncDbApiExecutor(Generic[C]):
 
     async def _flow(self, conn: C, flow: Flow[Any], in_transaction: bool) -> Any:
         if in_transaction or not flow.atomic:
-            return await self._drive(conn, flow.steps, in_transaction)
+            return await self._drive(conn, flow.steps(), in_transaction)
         await self._statement(conn, self._begin)
         try:
-            value = await self._drive(conn, flow.steps, True)
+            value = await self._drive(conn, flow.steps(), True)
         except BaseException:
             await self._rollback(conn)
             raise

@@ -20,9 +20,20 @@ class IntegrityViolation(DatabaseError):
     The message must not quote the driver's detail (it may contain a key value: a token).
     """
 
-    def __init__(self, message: str = "", *, kind: ViolationKind = "other") -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        kind: ViolationKind | None = None,
+        constraint: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.kind: ViolationKind = kind
+        self.kind: ViolationKind | None = kind
+        """``"unique"``, ``"foreign_key"`` or ``"other"`` (None: not known, as ``"other"``)."""
+        self.constraint = constraint
+        """The constraint or column the driver names (``projects_name_key``,
+        ``projects.name``), never a value; lets the store tell a taken id from a taken
+        name. None when the driver does not say."""
 
 
 Translate: TypeAlias = Callable[[Exception], DatabaseError]

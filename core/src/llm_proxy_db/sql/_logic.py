@@ -88,7 +88,7 @@ class StoreLogic:
         )
         if self._returning:
             return update
-        return Flow(self._update_then_read(update, self.get_project_by_id(project.id)), atomic=True)
+        return Flow(self._update_then_read, update, self.get_project_by_id(project.id), atomic=True)
 
     def delete_project(self, project_id: str) -> Operation[None]:
         return Step(
@@ -130,7 +130,7 @@ class StoreLogic:
 
     def delete_token(self, token: str) -> Operation[None]:
         return Step(
-            self._s.delete_token, (token,), rows=False, decode=_token_deleted, subject=token
+            self._s.delete_token, (token,), rows=False, decode=_token_counted, subject=token
         )
 
     def list_tokens(self, project_id: str | None = None) -> Operation[list[Token]]:
@@ -141,16 +141,12 @@ class StoreLogic:
     def increment_token_usage(self, token: str) -> Operation[Token]:
         # The hot path: one statement counts the request or matches nothing. Only a refusal
         # (nothing matched) continues, as a flow that reads why.
-        now = utcnow()
-        stamp = self._codec.encode_time(now)
-        if self._returning:
-            return Step(
-                self._s.increment_usage,
-                (stamp, token, stamp),
-                decode=self._counted,
-                subject=token,
-            )
-        return Flow(self._increment_then_read(token, now), atomic=True)
+        if not self._returning:
+            return Flow(self._increment_then_read, token, atomic=True)
+        stamp = self._codec.encode_time(utcnow())
+        return Step(
+            self._s.increment_usage, (stamp, token, stamp), decode=self._counted, subject=token
+        )
 
     def revoke_token(self, token: str) -> Operation[None]:
         stamp = self._codec.encode_time(utcnow())
@@ -176,7 +172,7 @@ class StoreLogic:
             self._s.increment_cache_hits,
             (delta, token),
             rows=False,
-            decode=_token_updated,
+            decode=_token_counted,
             subject=token,
         )
 
@@ -214,7 +210,7 @@ class StoreLogic:
         return Step(sql, params, decode=_first_int)
 
     def stats(self) -> Operation[Stats]:
-        return Flow(self._stats())
+        return Flow(self._stats)
 
     # -- flows --------------------------------------------------------------------------
 
@@ -243,7 +239,7 @@ class StoreLogic:
         )
         if self._returning:
             return update
-        return Flow(self._update_then_read(update, self.get_token_by_id(token)), atomic=True)
+        return Flow(self._update_then_read, update, self.get_token_by_id(token), atomic=True)
 
     @staticmethod
     def _update_then_read(update: Step[Any], read: Operation[Any]) -> Steps[Any]:
@@ -252,7 +248,8 @@ class StoreLogic:
         yield update
         return (yield read)
 
-    def _increment_then_read(self, token: str, now: Any) -> Steps[Token]:
+    def _increment_then_read(self, token: str) -> Steps[Token]:
+        now = utcnow()  # taken when the flow runs (again, on a retry)
         stamp = self._codec.encode_time(now)
         counted = yield Step(
             self._s.increment_usage, (stamp, token, stamp), rows=False, decode=_count
@@ -263,7 +260,7 @@ class StoreLogic:
         return token_row
 
     def _explain_refusal(self, token: str, now: Any) -> Flow[Token]:
-        return Flow(self._refusal(token, now))
+        return Flow(self._refusal, token, now)
 
     def _refusal(self, token: str, now: Any) -> Steps[Token]:
         """After a refused increment: read the token and its project's state to raise
@@ -365,12 +362,10 @@ def _project_deleted(count: int, project_id: str) -> None:
         raise ProjectNotFoundError.for_id(project_id)
 
 
-def _token_deleted(count: int, token: str) -> None:
+def _token_counted(count: int, token: str) -> None:
+    """After a DELETE, or an UPDATE that always changes the row: 0 rows, no such token."""
     if not count:
         raise TokenNotFoundError.for_token(token)
-
-
-_token_updated = _token_deleted
 
 
 def _token_present(rows: list[Any], token: str) -> None:
@@ -384,9 +379,17 @@ def _token_present(rows: list[Any], token: str) -> None:
 def _project_exists(violation: IntegrityViolation, project: Project) -> DatabaseError:
     if violation.kind != "unique":
         return violation
-    return ProjectExistsError(
-        f"a project with id {project.id!r} or name {project.name!r} already exists",
-        key=project.name,
+    constraint = (violation.constraint or "").lower()
+    if "name" in constraint:
+        return ProjectExistsError(
+            f"a project named {project.name!r} already exists", key=project.name
+        )
+    if constraint.endswith(("id", "pkey", "primary")):
+        return ProjectExistsError(
+            f"a project with id {project.id!r} already exists", key=project.id
+        )
+    return ProjectExistsError(  # the driver did not say which: name both, key neither
+        f"a project with id {project.id!r} or name {project.name!r} already exists"
     )
 
 

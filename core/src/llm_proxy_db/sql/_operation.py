@@ -8,8 +8,9 @@ connection. The logic is written once; an execution model is a new executor.
 * A :class:`Step` is one statement as plain data: SQL, parameters, whether rows or the row
   count come back, a decoder and what to make of a constraint violation. Most store calls
   are a single step, which costs no more than calling the driver directly.
-* A :class:`Flow` is a generator that yields steps and receives their decoded results
-  (``token = yield step``); errors of a step are raised at the ``yield``. Flows serve
+* A :class:`Flow` is a generator function (with its arguments) whose generator yields
+  steps and receives their decoded results (``token = yield step``); errors of a step are
+  raised at the ``yield``. Flows serve
   the calls that take several statements (the refused-increment explanation, update then
   read where ``UPDATE ... RETURNING`` is missing). ``atomic=True`` asks the executor to
   run the whole flow in one transaction.
@@ -21,7 +22,7 @@ connection. The logic is written once; an execution model is a new executor.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar, final
 
 from .._errors import DatabaseError
 from ._integrity import IntegrityViolation
@@ -47,8 +48,10 @@ def _rows(result: Any, subject: Any) -> Any:
     return result
 
 
+@final
 class Step(Generic[T_co]):
-    """One statement and how to read its result."""
+    """One statement and how to read its result (executors dispatch on the exact class:
+    not for subclassing)."""
 
     __slots__ = ("decode", "on_violation", "params", "rows", "sql", "subject")
 
@@ -77,18 +80,28 @@ class Step(Generic[T_co]):
         return f"<Step {self.sql.split(None, 1)[0]} rows={self.rows}>"
 
 
+@final
 class Flow(Generic[T_co]):
-    """Several steps on one connection, driven by a generator."""
+    """Several steps on one connection, driven by a generator.
 
-    __slots__ = ("atomic", "steps")
+    It holds the generator *function* and its arguments, not a running generator, so the
+    same operation may run again (a retry after a ``TransientError``).
+    """
 
-    def __init__(self, steps: Steps[T_co], *, atomic: bool = False) -> None:
-        self.steps = steps
+    __slots__ = ("args", "atomic", "start")
+
+    def __init__(self, start: Callable[..., Steps[T_co]], *args: Any, atomic: bool = False) -> None:
+        self.start = start
+        self.args = args
         self.atomic = atomic
         """Run every step in one transaction (nothing of it is kept if one fails)."""
 
+    def steps(self) -> Steps[T_co]:
+        """A new run of the flow's generator."""
+        return self.start(*self.args)
+
     def __repr__(self) -> str:
-        return f"<Flow {getattr(self.steps, '__name__', '?')} atomic={self.atomic}>"
+        return f"<Flow {getattr(self.start, '__name__', '?')} atomic={self.atomic}>"
 
 
 Operation: TypeAlias = Step[T] | Flow[T]

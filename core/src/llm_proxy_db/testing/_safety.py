@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import attrs
@@ -15,14 +16,20 @@ import pytest
 from .._db import DB
 from .._errors import (
     AlreadyExistsError,
+    AuditEventNotFoundError,
     DatabaseError,
     NotFoundError,
+    ProjectExistsError,
     ProjectInactiveError,
+    ProjectNotFoundError,
+    TokenExistsError,
     TokenExpiredError,
     TokenInactiveError,
     TokenLimitReachedError,
+    TokenNotFoundError,
+    TokenUsageError,
 )
-from .._models import AuditEventFilter, generate_token, mask_token
+from .._models import AuditEventFilter, Token, generate_token, mask_token
 from ._base import ConformanceBase, assert_utc, at, secret_key, unique
 
 _KOLKATA = timezone(timedelta(hours=5, minutes=30))
@@ -48,21 +55,33 @@ def local_zone(name: str) -> Iterator[None]:
 
 
 def _error_text(exc: BaseException) -> str:
-    """str() and repr() of the exception and of every exception chained to it."""
+    """Everything that can be read of the exception and of every exception chained to it:
+    str(), repr(), the args and the attributes, along ``__cause__`` and ``__context__``
+    (a suppressed context is still there for a logger or a debugger to print)."""
     parts: list[str] = []
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
         parts += [str(current), repr(current), *map(repr, current.args)]
-        # What a traceback shows: the cause, or the context unless suppressed (``from None``).
-        if current.__cause__ is not None:
-            current = current.__cause__
-        elif not current.__suppress_context__:
-            current = current.__context__
-        else:
-            current = None
+        parts += [repr(value) for value in vars(current).values()]
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
     return "\n".join(parts)
+
+
+def expect_error(expected: type[BaseException], call: Callable[[], object], what: str) -> Any:
+    """The error ``call`` raises, which must be an ``expected``; a failure names ``what``
+    (the call and its case) and what happened instead."""
+    try:
+        result = call()
+    except expected as exc:
+        return exc
+    except Exception as exc:
+        pytest.fail(f"{what}: expected {expected.__name__}, got {type(exc).__name__}: {exc}")
+    pytest.fail(f"{what}: expected {expected.__name__}, but the call returned {result!r}")
 
 
 class SafetyTests(ConformanceBase):
@@ -218,11 +237,125 @@ class SafetyTests(ConformanceBase):
         }
         leaks: list[str] = []
         for what, (expected, call) in provocations.items():
-            with pytest.raises(expected) as raised:
-                call()
-            text = _error_text(raised.value)
+            text = _error_text(expect_error(expected, call, what))
             leaks += [f"{what}: {mask_token(s)}" for s in secrets_ if s in text]
-        assert not leaks, f"error messages contain secrets: {leaks}"
+        assert not leaks, f"errors (messages, attributes or chained errors) hold secrets: {leaks}"
+
+    def test_errors_carry_their_attributes(self, db: DB) -> None:
+        """What a proxy maps to an HTTP answer: the keys and the refusal's details."""
+        project = self.given_project(db)
+        limited = self.given_token(db, project, max_requests=1)
+        db.increment_token_usage(limited.token)
+        inactive = self.given_token(db, project, is_active=False, deactivated_at=at(1))
+        expired = self.given_token(db, project, expires_at=self.now() - timedelta(seconds=1))
+        idle_project = self.given_project(db)
+        idle_token = self.given_token(db, idle_project)
+        db.update_project(attrs.evolve(idle_project, is_active=False))
+        unknown, missing_project = generate_token(), unique("missing")
+
+        refusals: list[tuple[str, type[TokenUsageError], Token]] = [
+            ("limit reached", TokenLimitReachedError, limited),
+            ("inactive token", TokenInactiveError, inactive),
+            ("expired token", TokenExpiredError, expired),
+            ("inactive project", ProjectInactiveError, idle_token),
+        ]
+        for what, expected, token in refusals:
+            refused = expect_error(expected, partial(db.increment_token_usage, token.token), what)
+            where = f"increment_token_usage() ({what})"
+            assert refused.masked_token == mask_token(token.token), f"{where}: masked_token"
+            assert refused.project_id == token.project_id, f"{where}: project_id"
+        limit = expect_error(
+            TokenLimitReachedError,
+            lambda: db.increment_token_usage(limited.token),
+            "limit reached",
+        )
+        assert limit.max_requests == 1, "TokenLimitReachedError.max_requests"
+
+        masked = mask_token(unknown)
+        keyed: list[tuple[str, type[DatabaseError], Callable[[], object], set[str]]] = [
+            (
+                "get_token_by_id(unknown)",
+                TokenNotFoundError,
+                lambda: db.get_token_by_id(unknown),
+                {masked},
+            ),
+            (
+                "increment_token_usage(unknown)",
+                TokenNotFoundError,
+                lambda: db.increment_token_usage(unknown),
+                {masked},
+            ),
+            (
+                "revoke_token(unknown)",
+                TokenNotFoundError,
+                lambda: db.revoke_token(unknown),
+                {masked},
+            ),
+            (
+                "reset_token_usage(unknown)",
+                TokenNotFoundError,
+                lambda: db.reset_token_usage(unknown),
+                {masked},
+            ),
+            (
+                "delete_token(unknown)",
+                TokenNotFoundError,
+                lambda: db.delete_token(unknown),
+                {masked},
+            ),
+            (
+                "get_project_by_id(unknown)",
+                ProjectNotFoundError,
+                lambda: db.get_project_by_id(missing_project),
+                {missing_project},
+            ),
+            (
+                "delete_project(unknown)",
+                ProjectNotFoundError,
+                lambda: db.delete_project(missing_project),
+                {missing_project},
+            ),
+            (
+                "create_token() for an unknown project",
+                ProjectNotFoundError,
+                lambda: db.create_token(self.new_token(missing_project)),
+                {missing_project},
+            ),
+            (
+                "create_token() duplicate",
+                TokenExistsError,
+                lambda: db.create_token(self.new_token(project, token=limited.token)),
+                {mask_token(limited.token)},
+            ),
+            (
+                "create_project() duplicate name",
+                ProjectExistsError,
+                lambda: db.create_project(self.new_project(name=project.name)),
+                {project.name},
+            ),
+            (
+                "create_project() duplicate id",
+                ProjectExistsError,
+                lambda: db.create_project(self.new_project(id=project.id)),
+                {project.id},
+            ),
+            (
+                "get_audit_event_by_id(unknown)",
+                AuditEventNotFoundError,
+                lambda: db.get_audit_event_by_id(missing_project),
+                {missing_project},
+            ),
+        ]
+        for what, kind, call, allowed in keyed:
+            error = expect_error(kind, call, what)
+            assert error.key in allowed, f"{what}: {kind.__name__}.key is {error.key!r}"
+        event = db.create_audit_event(self.new_event())
+        duplicate = expect_error(
+            AlreadyExistsError,
+            lambda: db.create_audit_event(self.new_event(id=event.id)),
+            "create_audit_event() duplicate id",
+        )
+        assert duplicate.key == event.id, "create_audit_event() duplicate: AlreadyExistsError.key"
 
     def test_reprs_never_contain_secrets(self, db: DB) -> None:
         project = self.given_project(db)

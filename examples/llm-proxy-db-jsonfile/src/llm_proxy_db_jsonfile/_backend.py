@@ -109,11 +109,13 @@ class _Session:
     # Projects
     def create_project(self, project: Project) -> Project:
         self._check_open()
-        if project.id in self.projects or any(
-            p.name == project.name for p in self.projects.values()
-        ):
+        if project.id in self.projects:
             raise ProjectExistsError(
-                f"a project with id {project.id!r} or name {project.name!r} already exists"
+                f"a project with id {project.id!r} already exists", key=project.id
+            )
+        if any(p.name == project.name for p in self.projects.values()):
+            raise ProjectExistsError(
+                f"a project named {project.name!r} already exists", key=project.name
             )
         self.projects[project.id] = project
         self.changed = True
@@ -125,7 +127,9 @@ class _Session:
     def update_project(self, project: Project) -> Project:
         stored = self._project(project.id)
         if any(p.name == project.name and p.id != project.id for p in self.projects.values()):
-            raise ProjectExistsError(f"a project named {project.name!r} already exists")
+            raise ProjectExistsError(
+                f"a project named {project.name!r} already exists", key=project.name
+            )
         updated = attrs.evolve(
             stored,
             name=project.name,
@@ -224,7 +228,9 @@ class _Session:
     def create_audit_event(self, event: AuditEvent) -> AuditEvent:
         self._check_open()
         if event.id in self.events:
-            raise AlreadyExistsError(f"an audit event with id {event.id!r} already exists")
+            raise AlreadyExistsError(
+                f"an audit event with id {event.id!r} already exists", key=event.id
+            )
         self.events[event.id] = event
         self.changed = True
         return event
