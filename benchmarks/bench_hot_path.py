@@ -5,7 +5,9 @@
 For each backend it times ``get_token_by_id`` and ``increment_token_usage`` through the
 ``DB`` facade, and the same statement through the bare driver (sqlite3 with the same
 pragmas; psycopg on one connection), and prints per-operation times and the ratio
-facade / raw. Numbers are machine-dependent; the ratios are what to compare.
+facade / raw; then, on SQLite, the same calls and the project reads with upstream keys
+encrypted at rest (``ENCRYPTION_KEY``) against without. Numbers are machine-dependent;
+the ratios are what to compare.
 """
 
 from __future__ import annotations
@@ -83,6 +85,41 @@ def bench_sqlite(n: int) -> None:
     report("sqlite", rows)
 
 
+def _encryption_timings(db: DB, token: str, project_id: str, n: int) -> dict[str, float]:
+    return {
+        "get_token_by_id": per_op(lambda: db.get_token_by_id(token), n),
+        "increment_token_usage": per_op(lambda: db.increment_token_usage(token), n),
+        "get_project_by_id": per_op(lambda: db.get_project_by_id(project_id), n),
+        "list_projects (100)": per_op(db.list_projects, max(n // 100, 50)),
+    }
+
+
+def bench_encryption(n: int) -> None:
+    """The cost of upstream keys encrypted at rest (SQLite): the same calls, key off and on."""
+    import base64
+    import os
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    timings: dict[str, dict[str, float]] = {}
+    for label, encryption_key in (("off", None), ("enc:v1", key)):
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / "bench.db")
+            config = FullConfig(driver="sqlite", path=path, encryption_key=encryption_key)
+            db = new_from_full_config(config)
+            token = seed(db)
+            project_id = db.get_token_by_id(token).project_id
+            for i in range(99):
+                db.create_project(Project(name=f"p{i:03}", openai_api_key=f"sk-upstream-{i}"))
+            timings[label] = _encryption_timings(db, token, project_id, n)
+            db.close()
+    for name, off in timings["off"].items():
+        on = timings["enc:v1"][name]
+        print(
+            f"{'sqlite':9} {name:24} key off {off:8.1f} us   key on {on:8.1f} us   "
+            f"ratio {on / off:5.2f}x"
+        )
+
+
 def bench_postgres(url: str, n: int) -> None:
     import psycopg
 
@@ -127,6 +164,7 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="also measure PostgreSQL at URL")
     args = parser.parse_args()
     bench_sqlite(args.n)
+    bench_encryption(args.n)
     if args.postgres:
         bench_postgres(args.postgres, args.n)
 

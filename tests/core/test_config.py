@@ -210,3 +210,61 @@ def test_full_config_from_config_carries_every_value(kwargs: dict[str, object]) 
     assert full == FullConfig(driver="sqlite", **kwargs)  # type: ignore[arg-type]
     shared = ("path", "max_open_conns", "max_idle_conns", "conn_max_lifetime")
     assert all(getattr(full, name) == getattr(config, name) for name in shared)
+
+
+# -- timeouts -------------------------------------------------------------------------------
+
+
+def test_timeouts_default_to_a_few_seconds() -> None:
+    config = FullConfig()
+    assert config.pool_timeout == timedelta(seconds=5)
+    assert config.busy_timeout == timedelta(seconds=5)
+    assert config.statement_timeout == timedelta(seconds=10)
+    assert config.connect_timeout == timedelta(seconds=5)
+    sqlite = FullConfig.from_config(Config(busy_timeout=timedelta(seconds=1)))
+    assert sqlite.busy_timeout == timedelta(seconds=1)
+
+
+def test_timeouts_come_from_go_durations_in_the_environment() -> None:
+    config = config_from_env(
+        {
+            "DATABASE_POOL_TIMEOUT": "2s",
+            "DATABASE_BUSY_TIMEOUT": "0",
+            "DATABASE_STATEMENT_TIMEOUT": "1m30s",
+            "DATABASE_CONNECT_TIMEOUT": "3s",
+        }
+    )
+    assert config.pool_timeout == timedelta(seconds=2)
+    assert config.busy_timeout == timedelta(0)
+    assert config.statement_timeout == timedelta(seconds=90)
+    assert config.connect_timeout == timedelta(seconds=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_POOL_TIMEOUT", "0"),
+        ("DATABASE_POOL_TIMEOUT", "-1s"),
+        ("DATABASE_CONNECT_TIMEOUT", "0"),
+        ("DATABASE_STATEMENT_TIMEOUT", "-1s"),
+        ("DATABASE_BUSY_TIMEOUT", "5"),
+        ("DATABASE_STATEMENT_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_timeouts_in_the_environment_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        config_from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pool_timeout", timedelta(0)),
+        ("connect_timeout", timedelta(seconds=-1)),
+        ("busy_timeout", timedelta(seconds=-1)),
+        ("statement_timeout", 10),
+    ],
+)
+def test_bad_timeouts_in_code_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        FullConfig(**{field: value})  # type: ignore[arg-type]

@@ -278,7 +278,7 @@ def test_sqlite_pool_logs_opening_and_its_timeout(caplog: pytest.LogCaptureFixtu
     )
     with caplog.at_level(logging.DEBUG, logger="llm_proxy_db_sqlite._pool"):
         first = pool.acquire()
-        with pytest.raises(llm_proxy_db.DatabaseError, match="stayed busy"):
+        with pytest.raises(llm_proxy_db.TransientError, match="no SQLite connection free"):
             pool.acquire()
         pool.release(first)  # past max_lifetime (0s): closed, not kept
         pool.close()

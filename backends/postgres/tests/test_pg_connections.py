@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -24,6 +25,7 @@ from llm_proxy_db import (
     ProjectNotFoundError,
     Token,
     TokenExistsError,
+    TransientError,
     config_from_env,
     new_from_full_config,
 )
@@ -152,11 +154,18 @@ def test_the_pool_pays_no_round_trip_per_checkout(tagged_url: str) -> None:
 # -- pool exhaustion ----------------------------------------------------------------------
 
 
-def test_pool_exhaustion_waits_a_bounded_time_then_raises(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+def test_pool_exhaustion_waits_pool_timeout_then_raises_a_transient_error(
+    postgres_url: str,
 ) -> None:
-    monkeypatch.setattr(_backend, "POOL_TIMEOUT_S", 0.5)
-    with _open(postgres_url, max_open=2, max_idle=2) as db:
+    with new_from_full_config(
+        FullConfig(
+            driver="postgres",
+            database_url=postgres_url,
+            max_open_conns=2,
+            max_idle_conns=2,
+            pool_timeout=timedelta(milliseconds=500),
+        )
+    ) as db:
         inside = threading.Barrier(3, timeout=10)
         release = threading.Event()
         failures: list[BaseException] = []
@@ -177,7 +186,7 @@ def test_pool_exhaustion_waits_a_bounded_time_then_raises(
             inside.wait()
             for call in (db.list_projects, db.transaction().__enter__):
                 started = time.monotonic()
-                with pytest.raises(DatabaseError, match="no PostgreSQL connection was free"):
+                with pytest.raises(TransientError, match=r"no connection free within 0.5 s: 2 in"):
                     call()
                 elapsed = time.monotonic() - started
                 assert 0.4 <= elapsed < 5

@@ -30,6 +30,7 @@ from ._errors import (
     TokenUsageError,
     TransientError,
 )
+from ._limits import MAX_COUNT
 from ._models import (
     AuditEvent,
     AuditEventFilter,
@@ -41,6 +42,7 @@ from ._models import (
     utcnow,
 )
 from ._protocols import AuditStore, Backend, ProjectStore, Stores, TokenStore
+from ._public import public_dict
 from ._registry import (
     MIN_STORAGE_API_VERSION,
     STORAGE_API_VERSION,
@@ -60,6 +62,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "DB",
+    "MAX_COUNT",
     "MIN_STORAGE_API_VERSION",
     "STORAGE_API_VERSION",
     "AlreadyExistsError",
@@ -105,6 +108,7 @@ __all__ = [
     "new",
     "new_from_full_config",
     "parse_duration",
+    "public_dict",
     "register_backend",
     "unregister_backend",
     "utcnow",

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from ._encryption import decode_key
 from ._errors import ConfigError
 
 __all__ = ["Config", "DriverType", "FullConfig", "config_from_env", "parse_duration"]
@@ -24,6 +25,15 @@ DEFAULT_PATH = "data/llm-proxy.db"
 DEFAULT_MAX_OPEN_CONNS = 10
 DEFAULT_MAX_IDLE_CONNS = 5
 """The default idle count, lowered to ``max_open_conns`` when that is smaller."""
+DEFAULT_POOL_TIMEOUT = timedelta(seconds=5)
+"""How long a call waits for a free pooled connection (``DATABASE_POOL_TIMEOUT``)."""
+DEFAULT_BUSY_TIMEOUT = timedelta(seconds=5)
+"""How long a statement waits for a lock another connection holds (``DATABASE_BUSY_TIMEOUT``:
+SQLite's ``busy_timeout``, PostgreSQL's ``lock_timeout``)."""
+DEFAULT_STATEMENT_TIMEOUT = timedelta(seconds=10)
+"""How long one statement may run, its lock wait included (``DATABASE_STATEMENT_TIMEOUT``)."""
+DEFAULT_CONNECT_TIMEOUT = timedelta(seconds=5)
+"""How long opening a server connection may take (``DATABASE_CONNECT_TIMEOUT``)."""
 
 
 class DriverType(enum.StrEnum):
@@ -106,6 +116,13 @@ def _positive_duration(instance: object, attribute: attrs.Attribute[Any], value:
         raise ConfigError(f"{attribute.name} must be a positive duration, got {value!r}")
 
 
+def _non_negative_duration(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if not isinstance(value, timedelta) or value < timedelta(0):
+        raise ConfigError(f"{attribute.name} must be a duration >= 0, got {value!r}")
+
+
 def _default_idle_conns(config: Config | FullConfig) -> int:
     # As Go's SetMaxIdleConns: the idle count never exceeds the open count. A bad
     # max_open_conns is left for its own validator to report.
@@ -125,6 +142,43 @@ def _idle_within_pool(instance: Any, attribute: attrs.Attribute[Any], value: int
 def _non_empty_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+def _encryption_keys(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError("encryption_keys must be a list of base64 keys (the first encrypts)")
+    if not all(isinstance(key, str) for key in value):
+        raise ConfigError("encryption_keys must hold strings (base64 keys)")
+    return tuple(value)
+
+
+def _check_encryption_key(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(f"encryption_key must be a base64 string, got {type(value).__name__}")
+    decode_key(value, "encryption_key")
+
+
+def _check_encryption_keys(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    keys: tuple[str, ...] = instance.encryption_keys
+    for position, key in enumerate(keys, 1):
+        decode_key(key, f"encryption_keys (key {position})")
+    if keys and instance.encryption_key is not None:
+        raise ConfigError(
+            "set one of encryption_key (ENCRYPTION_KEY, the Go program's enc:v1) or "
+            "encryption_keys (ENCRYPTION_KEYS, rotating enc:v2), not both"
+        )
+
+
+def _check_require_key(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"require_encryption_key must be a bool, got {type(value).__name__}")
+    if value and instance.encryption_key is None and not instance.encryption_keys:
+        raise ConfigError(
+            "an encryption key is required (REQUIRE_ENCRYPTION_KEY) but none is set: set "
+            "ENCRYPTION_KEY or ENCRYPTION_KEYS (generate one with 'openssl rand -base64 32')"
+        )
 
 
 def _driver_name(value: object) -> str:
@@ -151,6 +205,24 @@ class Config:
     conn_max_lifetime: timedelta = attrs.field(
         default=timedelta(hours=1), validator=_positive_duration
     )
+    pool_timeout: timedelta = attrs.field(
+        default=DEFAULT_POOL_TIMEOUT, validator=_positive_duration
+    )
+    """How long a call waits for a free pooled connection, then ``TransientError``."""
+    busy_timeout: timedelta = attrs.field(
+        default=DEFAULT_BUSY_TIMEOUT, validator=_non_negative_duration
+    )
+    """How long a statement waits for a lock held elsewhere (SQLite ``busy_timeout``,
+    PostgreSQL ``lock_timeout``), then ``TransientError``."""
+    statement_timeout: timedelta = attrs.field(
+        default=DEFAULT_STATEMENT_TIMEOUT, validator=_non_negative_duration
+    )
+    """How long one statement may run (0: no limit); migrations run without it."""
+    connect_timeout: timedelta = attrs.field(
+        default=DEFAULT_CONNECT_TIMEOUT, validator=_positive_duration
+    )
+    """How long opening a server connection may take (PostgreSQL: whole seconds, at least
+    2, libpq's rule); ``health_check()`` answers within it."""
 
 
 @attrs.frozen(kw_only=True)
@@ -173,7 +245,41 @@ class FullConfig:
     conn_max_lifetime: timedelta = attrs.field(
         default=timedelta(hours=1), validator=_positive_duration
     )
+    pool_timeout: timedelta = attrs.field(
+        default=DEFAULT_POOL_TIMEOUT, validator=_positive_duration
+    )
+    """How long a call waits for a free pooled connection, then ``TransientError``."""
+    busy_timeout: timedelta = attrs.field(
+        default=DEFAULT_BUSY_TIMEOUT, validator=_non_negative_duration
+    )
+    """How long a statement waits for a lock held elsewhere (SQLite ``busy_timeout``,
+    PostgreSQL ``lock_timeout``), then ``TransientError``."""
+    statement_timeout: timedelta = attrs.field(
+        default=DEFAULT_STATEMENT_TIMEOUT, validator=_non_negative_duration
+    )
+    """How long one statement may run (0: no limit); migrations run without it."""
+    connect_timeout: timedelta = attrs.field(
+        default=DEFAULT_CONNECT_TIMEOUT, validator=_positive_duration
+    )
+    """How long opening a server connection may take (PostgreSQL: whole seconds, at least
+    2, libpq's rule); ``health_check()`` answers within it."""
     auto_migrate: bool = True
+    encryption_key: str | None = attrs.field(
+        default=None,
+        repr=lambda v: "None" if v is None else "'***'",
+        validator=_check_encryption_key,
+    )
+    """Base64 of a 32-byte key (``ENCRYPTION_KEY``): upstream keys written as the Go
+    program's ``enc:v1``; see the README's "Secrets at rest"."""
+    encryption_keys: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_encryption_keys,
+        repr=lambda v: f"<{len(v)} keys>" if v else "()",
+        validator=_check_encryption_keys,
+    )
+    """Base64 keys (``ENCRYPTION_KEYS``): the first writes ``enc:v2``, all of them read."""
+    require_encryption_key: bool = attrs.field(default=False, validator=_check_require_key)
+    """Refuse to open without a key (``REQUIRE_ENCRYPTION_KEY``)."""
 
     @classmethod
     def from_config(cls, config: Config) -> FullConfig:
@@ -184,6 +290,10 @@ class FullConfig:
             max_open_conns=config.max_open_conns,
             max_idle_conns=config.max_idle_conns,
             conn_max_lifetime=config.conn_max_lifetime,
+            pool_timeout=config.pool_timeout,
+            busy_timeout=config.busy_timeout,
+            statement_timeout=config.statement_timeout,
+            connect_timeout=config.connect_timeout,
         )
 
 
@@ -200,11 +310,32 @@ def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
     return value
 
 
+_TIMEOUTS = (
+    ("DATABASE_POOL_TIMEOUT", "pool_timeout", False),
+    ("DATABASE_BUSY_TIMEOUT", "busy_timeout", True),
+    ("DATABASE_STATEMENT_TIMEOUT", "statement_timeout", True),
+    ("DATABASE_CONNECT_TIMEOUT", "connect_timeout", False),
+)
+
+
+def _env_duration(name: str, raw: str, *, allow_zero: bool) -> timedelta:
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    if value < timedelta(0) or (value == timedelta(0) and not allow_zero):
+        raise ConfigError(f"{name}={raw!r} must be {'>= 0' if allow_zero else 'positive'}")
+    return value
+
+
 def config_from_env(environ: Mapping[str, str] | None = None) -> FullConfig:
     """Build a ``FullConfig`` from ``DB_DRIVER``, ``DATABASE_PATH``, ``DATABASE_URL``,
-    ``DATABASE_POOL_SIZE``, ``DATABASE_MAX_IDLE_CONNS`` and ``DATABASE_CONN_MAX_LIFETIME``.
+    ``DATABASE_POOL_SIZE``, ``DATABASE_MAX_IDLE_CONNS``, ``DATABASE_CONN_MAX_LIFETIME`` and
+    the timeouts ``DATABASE_POOL_TIMEOUT``, ``DATABASE_BUSY_TIMEOUT``,
+    ``DATABASE_STATEMENT_TIMEOUT`` and ``DATABASE_CONNECT_TIMEOUT`` (Go-style durations).
 
-    ``environ`` defaults to ``os.environ``; empty values count as unset.
+    ``environ`` defaults to ``os.environ``; empty values count as unset. The secrets at
+    rest come from ``ENCRYPTION_KEY``, ``ENCRYPTION_KEYS`` and ``REQUIRE_ENCRYPTION_KEY``.
     """
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {}
@@ -232,4 +363,43 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> FullConfig:
             raise ConfigError(f"DATABASE_CONN_MAX_LIFETIME={lifetime!r}: {exc}") from None
         if settings["conn_max_lifetime"] <= timedelta(0):
             raise ConfigError(f"DATABASE_CONN_MAX_LIFETIME={lifetime!r} must be positive")
+    for name, field, allow_zero in _TIMEOUTS:
+        if raw := env.get(name, "").strip():
+            settings[field] = _env_duration(name, raw, allow_zero=allow_zero)
+    settings.update(_encryption_from_env(env))
     return FullConfig(**settings)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _encryption_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``ENCRYPTION_KEY``, ``ENCRYPTION_KEYS`` and ``REQUIRE_ENCRYPTION_KEY``, checked with
+    the variables' names in the errors (the keys themselves never quoted)."""
+    settings: dict[str, Any] = {}
+    if key := env.get("ENCRYPTION_KEY", "").strip():
+        decode_key(key, "ENCRYPTION_KEY")
+        settings["encryption_key"] = key
+    if listed := env.get("ENCRYPTION_KEYS", "").strip():
+        keys = [part.strip() for part in listed.split(",")]
+        for position, part in enumerate(keys, 1):
+            if not part:
+                raise ConfigError(f"ENCRYPTION_KEYS: key {position} is empty")
+            decode_key(part, f"ENCRYPTION_KEYS (key {position})")
+        if key:
+            raise ConfigError(
+                "set one of ENCRYPTION_KEY (the Go program's enc:v1) or ENCRYPTION_KEYS "
+                "(rotating enc:v2, the first key encrypts), not both"
+            )
+        settings["encryption_keys"] = tuple(keys)
+    if required := env.get("REQUIRE_ENCRYPTION_KEY", "").strip():
+        if required.lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"REQUIRE_ENCRYPTION_KEY={required!r} is not true or false")
+        settings["require_encryption_key"] = required.lower() in _TRUE
+        if settings["require_encryption_key"] and not (key or listed):
+            raise ConfigError(
+                "REQUIRE_ENCRYPTION_KEY is true but neither ENCRYPTION_KEY nor ENCRYPTION_KEYS "
+                "is set; generate a key with 'openssl rand -base64 32'"
+            )
+    return settings

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import _transaction_rule
 from ._config import Config, FullConfig, config_from_env
 from ._delegation import ForwardedStores, forwarding
+from ._encrypting import EncryptingBackend
+from ._encryption import Cipher
 from ._errors import ConfigError, DatabaseError, MigrationError
 from ._protocols import Stores
 from ._registry import BackendSpec, Capabilities, get_backend_spec, list_backends
@@ -111,6 +113,19 @@ class DB(StoreFacade):
         _transaction_rule.refuse(self, "health_check")
         self._backend.health_check()
 
+    def check_integrity(self) -> bool:
+        """Run the backend's deep integrity check, if it has one (an optional backend
+        method ``check_integrity()``: SQLite's ``PRAGMA quick_check``, a full read of each
+        table on other SQL backends). Slow on a large database: for an operator, not for a
+        request path. True when it ran and passed; False when the backend has none;
+        ``DatabaseError`` when it fails."""
+        _transaction_rule.refuse(self, "check_integrity")
+        check = getattr(self._backend, "check_integrity", None)
+        if check is None:
+            return False
+        check()
+        return True
+
     @contextmanager
     def transaction(self) -> Iterator[StoreFacade]:
         """A unit of work: commits on normal exit, rolls back everything on an exception.
@@ -154,6 +169,7 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
     running pending migrations first when ``config.auto_migrate`` is true."""
     config = config_from_env() if config is None else config
     spec = get_backend_spec(config.driver)
+    cipher = Cipher.from_config(config)  # a bad key fails before anything opens
     try:
         backend = spec.factory(config)
     except ImportError as exc:  # the backend's driver is missing or broken
@@ -182,4 +198,6 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
     except BaseException:
         backend.close()
         raise
+    if cipher is not None:  # only then: without a key, no layer and no cost
+        backend = EncryptingBackend(backend, cipher)
     return DB(backend, config=config, backend_spec=spec, migrations=migrations)

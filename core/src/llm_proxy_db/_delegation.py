@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Final, TypeVar, Union, cast, get_args, get_origin
 
-from . import _transaction_rule
+from . import _limits, _transaction_rule
 from ._protocols import Stores
 
 __all__ = [
@@ -43,8 +43,14 @@ _FORWARDED: Final = "__llm_proxy_db_forwarded__"
 """Where a decorated class keeps ``{name: protocol method}`` of what it forwards."""
 
 COUNTS: Final = frozenset({"delta"})
-"""Parameters that are counts: integers >= 1 (``ValueError`` otherwise); other ``int``
-parameters are only checked to be ints (never bools)."""
+"""Parameters that are counts: integers from 1 to ``MAX_COUNT`` (``ValueError``
+otherwise); other ``int`` parameters are only checked to be ints (never bools)."""
+
+TOKENS: Final = frozenset({"token"})
+"""``str`` parameters that are token values presented for lookup: one that cannot be a
+stored token is ``TokenNotFoundError`` with nothing queried (``_limits.lookup_token``).
+Other ``str`` parameters (ids) holding a NUL or a lone surrogate, which no backend
+stores, are a ``ValueError`` (``_limits.check_key``)."""
 
 
 class _Forward:
@@ -130,6 +136,9 @@ def _generate(
         "_refuse": _transaction_rule.refuse,
         "_type_error": _type_error,
         "_count_error": _count_error,
+        "_lookup_token": _limits.lookup_token,
+        "_check_key": _limits.check_key,
+        "_MAX_COUNT": _limits.MAX_COUNT,
         **namespace,
     }
     header, arguments = _header_and_arguments(parameters, globals_)
@@ -205,7 +214,7 @@ def _check(parameter: inspect.Parameter, slot: str, globals_: dict[str, Any]) ->
     if kinds == (int,):
         condition = f"{name}.__class__ is not int"  # an int, never a bool
         if name in COUNTS:
-            condition += f" or {name} < 1"
+            condition += f" or not 1 <= {name} <= _MAX_COUNT"
         if optional:
             condition = f"{name} is not None and ({condition})"
         error = "_count_error" if name in COUNTS else "_type_error"
@@ -217,7 +226,15 @@ def _check(parameter: inspect.Parameter, slot: str, globals_: dict[str, Any]) ->
     condition = f"not isinstance({name}, {slot})"
     if optional:
         condition = f"{name} is not None and {condition}"
-    return [f"    if {condition}: raise _type_error({name!r}, {slot}, {name})"]
+    lines = [f"    if {condition}: raise _type_error({name!r}, {slot}, {name})"]
+    if kinds == (str,):
+        value_check = (
+            f"_lookup_token({name})" if name in TOKENS else f"_check_key({name!r}, {name})"
+        )
+        lines.append(
+            f"    if {name} is not None: {value_check}" if optional else f"    {value_check}"
+        )
+    return lines
 
 
 def _kinds(annotation: Any) -> tuple[tuple[type, ...], bool]:
@@ -238,6 +255,9 @@ def _type_error(name: str, kinds: tuple[type, ...], value: object) -> TypeError:
 
 
 def _count_error(name: str, value: object) -> ValueError:
+    if isinstance(value, int) and value > _limits.MAX_COUNT:
+        shown = _limits.int_text(value)
+        return ValueError(f"{name} must be at most {_limits.MAX_COUNT}, got {shown}")
     return ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 

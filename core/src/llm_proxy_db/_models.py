@@ -24,6 +24,15 @@ from ._errors import (
     TokenInactiveError,
     TokenLimitReachedError,
 )
+from ._limits import (
+    MAX_PAGE,
+    check_count,
+    check_metadata,
+    check_metadata_size,
+    check_text,
+    check_time,
+    check_token_format,
+)
 from ._masking import mask_token
 
 __all__ = [
@@ -59,11 +68,24 @@ def _to_utc(value: object) -> datetime:
         raise ValueError(
             f"naive datetime {value.isoformat()} is not allowed: give it a timezone (e.g. UTC)"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # past year 1 or 9999 in UTC: the validator names the field
+        return value
 
 
 def _to_utc_optional(value: object) -> datetime | None:
     return None if value is None else _to_utc(value)
+
+
+def _time(instance: object, attribute: attrs.Attribute[Any], value: datetime) -> None:
+    if value.__class__ is not datetime or value.tzinfo is not UTC or value.year < 1000:
+        check_time(attribute.name, value)  # out of range (or a subclass): ValueError
+
+
+def _optional_time(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _time(instance, attribute, value)  # type: ignore[arg-type]
 
 
 def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -71,11 +93,21 @@ def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: object)
         raise TypeError(f"{attribute.name} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{attribute.name} must not be empty")
+    check_text(attribute.name, value)
+
+
+def _token_value(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a string, got {type(value).__name__}")
+    check_token_format(value)
 
 
 def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return
+    if not isinstance(value, str):
         raise TypeError(f"{attribute.name} must be a string or None, got {type(value).__name__}")
+    check_text(attribute.name, value)
 
 
 def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -83,20 +115,24 @@ def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         raise TypeError(f"{attribute.name} must be a bool, got {type(value).__name__}")
 
 
-def _int_at_least(minimum: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+def _int_at_least(
+    minimum: int, maximum: int | None = None
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An int (never a bool) from ``minimum`` to ``maximum`` (default ``MAX_COUNT``)."""
+    bounds = () if maximum is None else (maximum,)
+
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
-        if value < minimum:
-            raise ValueError(f"{attribute.name} must be >= {minimum}, got {value}")
+        check_count(attribute.name, value, minimum, *bounds)
 
     return check
 
 
 def _optional_int_at_least(
-    minimum: int,
+    minimum: int, maximum: int | None = None
 ) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    check = _int_at_least(minimum)
+    check = _int_at_least(minimum, maximum)
 
     def optional(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is not None:
@@ -115,10 +151,17 @@ def _json_object(instance: object, attribute: attrs.Attribute[Any], value: objec
         return
     if not isinstance(value, dict):
         raise TypeError(f"{attribute.name} must be a dict or None, got {type(value).__name__}")
+    check_metadata(attribute.name, value)  # depth first: json would meet the recursion limit
     try:
-        same = json.loads(json.dumps(value, allow_nan=False)) == value
+        text = metadata_text(value)
+        same = json.loads(text) == value  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{attribute.name} must be JSON-serialisable: {exc}") from None
+        message = f"{attribute.name} must be JSON-serialisable: {exc}"
+    else:
+        message = ""
+    if message:
+        raise ValueError(message)
+    check_metadata_size(attribute.name, text)  # type: ignore[arg-type]
     if not same:  # e.g. int keys or tuples, which would come back changed
         raise ValueError(
             f"{attribute.name} must survive a JSON round trip unchanged "
@@ -142,9 +185,11 @@ class Project:
     openai_api_key: str = attrs.field(validator=_non_empty, repr=_hidden)
     id: str = attrs.field(factory=_new_id, validator=_non_empty)
     is_active: bool = attrs.field(default=True, validator=_bool)
-    deactivated_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
-    created_at: datetime = attrs.field(factory=utcnow, converter=_to_utc)
-    updated_at: datetime = attrs.field(factory=utcnow, converter=_to_utc)
+    deactivated_at: datetime | None = attrs.field(
+        default=None, converter=_to_utc_optional, validator=_optional_time
+    )
+    created_at: datetime = attrs.field(factory=utcnow, converter=_to_utc, validator=_time)
+    updated_at: datetime = attrs.field(factory=utcnow, converter=_to_utc, validator=_time)
 
 
 @attrs.frozen(kw_only=True)
@@ -152,14 +197,20 @@ class Token:
     """A client credential for one project, with its quota and usage counters."""
 
     project_id: str = attrs.field(validator=_non_empty)
-    token: str = attrs.field(factory=generate_token, validator=_non_empty, repr=_masked)
-    expires_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    token: str = attrs.field(factory=generate_token, validator=_token_value, repr=_masked)
+    expires_at: datetime | None = attrs.field(
+        default=None, converter=_to_utc_optional, validator=_optional_time
+    )
     is_active: bool = attrs.field(default=True, validator=_bool)
-    deactivated_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    deactivated_at: datetime | None = attrs.field(
+        default=None, converter=_to_utc_optional, validator=_optional_time
+    )
     request_count: int = attrs.field(default=0, validator=_int_at_least(0))
     max_requests: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
-    created_at: datetime = attrs.field(factory=utcnow, converter=_to_utc)
-    last_used_at: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    created_at: datetime = attrs.field(factory=utcnow, converter=_to_utc, validator=_time)
+    last_used_at: datetime | None = attrs.field(
+        default=None, converter=_to_utc_optional, validator=_optional_time
+    )
     cache_hit_count: int = attrs.field(default=0, validator=_int_at_least(0))
 
     def is_expired(self, now: datetime | None = None) -> bool:
@@ -204,7 +255,7 @@ class AuditEvent:
     actor: str = attrs.field(validator=_non_empty)
     outcome: Outcome = attrs.field(validator=_outcome)
     id: str = attrs.field(factory=_new_id, validator=_non_empty)
-    timestamp: datetime = attrs.field(factory=utcnow, converter=_to_utc)
+    timestamp: datetime = attrs.field(factory=utcnow, converter=_to_utc, validator=_time)
     project_id: str | None = attrs.field(default=None, validator=_optional_str)
     request_id: str | None = attrs.field(default=None, validator=_optional_str)
     correlation_id: str | None = attrs.field(default=None, validator=_optional_str)
@@ -238,11 +289,15 @@ class AuditEventFilter:
     correlation_id: str | None = attrs.field(default=None, validator=_optional_str)
     method: str | None = attrs.field(default=None, validator=_optional_str)
     path: str | None = attrs.field(default=None, validator=_optional_str)
-    start_time: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
-    end_time: datetime | None = attrs.field(default=None, converter=_to_utc_optional)
+    start_time: datetime | None = attrs.field(
+        default=None, converter=_to_utc_optional, validator=_optional_time
+    )
+    end_time: datetime | None = attrs.field(
+        default=None, converter=_to_utc_optional, validator=_optional_time
+    )
     search: str | None = attrs.field(default=None, validator=_optional_str)
-    limit: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
-    offset: int = attrs.field(default=0, validator=_int_at_least(0))
+    limit: int | None = attrs.field(default=None, validator=_optional_int_at_least(1, MAX_PAGE))
+    offset: int = attrs.field(default=0, validator=_int_at_least(0, MAX_PAGE))
 
     def matches(self, event: AuditEvent) -> bool:
         """Whether ``event`` passes every condition of this filter (paging aside)."""
@@ -255,10 +310,10 @@ class AuditEventFilter:
         if self.end_time is not None and event.timestamp >= self.end_time:
             return False
         if self.search is not None:
-            needle = self.search.lower()
+            needle = fold_case(self.search)
             texts = [getattr(event, name) for name in SEARCHED_FIELDS[:-1]]
             texts.append(metadata_text(event.metadata))
-            return any(text is not None and needle in text.lower() for text in texts)
+            return any(text is not None and needle in fold_case(text) for text in texts)
         return True
 
     def select(self, events: Iterable[AuditEvent]) -> list[AuditEvent]:
@@ -297,9 +352,21 @@ SEARCHED_FIELDS: Final = (
 """The columns ``AuditEventFilter.search`` looks in (metadata as its JSON text)."""
 
 
+def fold_case(text: str) -> str:
+    """``text`` lower-cased as ``AuditEventFilter.search`` compares it: character by
+    character (Unicode's simple case mapping, as a database's ``LOWER`` does): a capital
+    dotted I becomes ``"i"`` and a capital sigma always ``"\u03c3"``, where ``str.lower``
+    gives two characters for the first and, at the end of a word, a final sigma."""
+    if text.isascii():
+        return text.lower()
+    return "".join(["i" if c == "\u0130" else c.lower() for c in text])
+
+
 def metadata_text(metadata: dict[str, Any] | None) -> str | None:
     """The JSON text stored for an audit event's metadata."""
-    return None if metadata is None else json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+    if metadata is None:
+        return None
+    return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -14,6 +14,7 @@ from datetime import datetime
 import attrs
 
 from llm_proxy_db import (
+    MAX_COUNT,
     AlreadyExistsError,
     AuditEvent,
     AuditEventFilter,
@@ -26,12 +27,20 @@ from llm_proxy_db import (
     Token,
     TokenExistsError,
     TokenNotFoundError,
+    mask_token,
     utcnow,
 )
 
 __all__ = ["MemoryBackend"]
 
 _ALL = AuditEventFilter()
+
+
+def _counter_overflow(token: str, counter: str) -> DatabaseError:
+    return DatabaseError(
+        f"token {mask_token(token)}: {counter} would pass its maximum {MAX_COUNT}; "
+        "nothing was counted"
+    )
 
 
 class MemoryBackend:
@@ -144,6 +153,8 @@ class MemoryBackend:
             project = self._projects.get(stored.project_id)
             now = utcnow()
             stored.check_usable(project_active=project is not None and project.is_active, now=now)
+            if stored.request_count >= MAX_COUNT:
+                raise _counter_overflow(token, "request_count")
             updated = attrs.evolve(stored, request_count=stored.request_count + 1, last_used_at=now)
             self._tokens[token] = updated
             return updated
@@ -164,6 +175,8 @@ class MemoryBackend:
     def increment_cache_hit_count(self, token: str, delta: int = 1) -> None:
         with self._lock:
             stored = self._token(token)
+            if stored.cache_hit_count > MAX_COUNT - delta:
+                raise _counter_overflow(token, "cache_hit_count")
             self._tokens[token] = attrs.evolve(
                 stored, cache_hit_count=stored.cache_hit_count + delta
             )

@@ -34,4 +34,7 @@ POSTGRES = Dialect(
     # The hot-path indexes (migration 00100) declare the same collation on these columns,
     # so ORDER BY ... COLLATE "C" is still read from them.
     binary_collation=' COLLATE "C"',
+    # psycopg sends a query without parameters with the simple protocol: one round trip
+    # for "RELEASE SAVEPOINT ...; SAVEPOINT ..." between two calls of a transaction.
+    multi_statement=True,
 )

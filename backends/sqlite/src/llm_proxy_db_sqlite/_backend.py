@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import re
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from llm_proxy_db import ConfigError, DatabaseError, FullConfig, TransientError
 from llm_proxy_db.sql import (
@@ -18,6 +23,8 @@ from llm_proxy_db.sql import (
     IntegrityViolation,
     SqlBackend,
     Statements,
+    Step,
+    fold_case,
 )
 
 from ._dialect import SQLITE
@@ -27,15 +34,31 @@ __all__ = ["SQLiteBackend", "translate_error"]
 
 _log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 10_000
+_PROGRESS_OPCODES = 1000
+"""How many virtual-machine instructions run between two checks of ``statement_timeout``."""
+_INTERRUPT_CODE = 9  # SQLITE_INTERRUPT
 _UNIQUE_CODES = {2067, 1555}  # SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
 _FOREIGN_KEY_CODE = 787  # SQLITE_CONSTRAINT_FOREIGNKEY
 _BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_FULL_CODE = 13  # SQLITE_FULL
+
+
+_DECODE_ERROR = re.compile(r"Could not decode to UTF-8 column '([A-Za-z0-9_]{1,64})' with text")
+"""sqlite3's message for a stored value that is not UTF-8: it goes on to quote the value."""
 
 
 def translate_error(exc: Exception) -> DatabaseError:
     """Map a sqlite3 exception onto the core's error tree."""
     code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    if text.startswith("Could not decode to UTF-8"):
+        # The rest quotes the stored value: an upstream key or a token. Name the column only.
+        match = _DECODE_ERROR.match(text)
+        column = f"column {match[1]!r}" if match else "a column"
+        return DatabaseError(
+            f"SQLite: {column} of a stored row holds text that is not valid UTF-8 (written by "
+            "another program?); repair or delete that row"
+        )
     if isinstance(exc, sqlite3.IntegrityError):
         if code == _FOREIGN_KEY_CODE:
             return IntegrityViolation("a foreign key constraint failed", kind="foreign_key")
@@ -66,14 +89,48 @@ def _database_file(path: str) -> str:
     return os.fspath(target)
 
 
+_READONLY_CODE = 8  # SQLITE_READONLY (and its extended codes)
+_CANTOPEN_CODE = 14  # SQLITE_CANTOPEN
+
+
+def _read_only_reason(path: str) -> str | None:
+    """Why an existing database file cannot be written here (a read-only file, folder or
+    mount), or None: it is then opened read-only, where the WAL switch (a write) would
+    fail every open."""
+    if path == ":memory:" or path.startswith("file:") or not os.path.isfile(path):
+        return None
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    with contextlib.suppress(OSError):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "its file system is mounted read-only"
+    if not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(folder, os.W_OK):
+        return "its folder is read-only"
+    return None
+
+
+def _read_only_uri(path: str, *, immutable: bool) -> str:
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    # immutable: no -shm file is needed (none can be created in a read-only folder); only
+    # used when no -wal file exists either, so no committed write is left unread.
+    return uri + "&immutable=1" if immutable else uri
+
+
+def _transaction_aborted(conn: sqlite3.Connection) -> str | None:
+    # SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR,
+    # SQLITE_NOMEM, ...): COMMIT would then fail with "no transaction is active".
+    return None if conn.in_transaction else "SQLite rolled it back after an error"
+
+
 def _unicode_lower(value: str | bytes | int | float | None) -> str | bytes | int | float | None:
-    return value.lower() if isinstance(value, str) else value
+    return fold_case(value) if isinstance(value, str) else value  # as the models compare
 
 
-def _enable_wal(conn: sqlite3.Connection) -> None:
+def _enable_wal(conn: sqlite3.Connection, wait: float) -> None:
     # Switching a new file to WAL needs a lock that busy_timeout does not wait for: when
     # several processes open a fresh file at once, retry for a while instead of failing.
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + wait
     attempt = 0
     while True:
         attempt += 1
@@ -87,12 +144,28 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
                 _log.warning(
                     "switching SQLite to WAL: the database stayed locked for %gs (%d attempts); "
                     "giving up",
-                    BUSY_TIMEOUT_MS / 1000,
+                    wait,
                     attempt,
                 )
                 raise
             _log.debug("switching SQLite to WAL: the database is locked; retry %d", attempt)
             time.sleep(0.01)
+
+
+class _TimedExecutor(DbApiExecutor[Connection]):
+    """The executor when ``statement_timeout`` is set: each statement runs with a deadline
+    that the connection's progress handler enforces (SQLite interrupts the statement)."""
+
+    limit = math.inf
+    """``statement_timeout`` in seconds."""
+
+    def statement(self, conn: Connection, sql: str, params: Any, rows: bool) -> Any:
+        conn.deadline = time.monotonic() + self.limit
+        try:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if rows else cursor.rowcount
+        finally:
+            conn.deadline = math.inf
 
 
 class SQLiteBackend(SqlBackend):
@@ -104,7 +177,16 @@ class SQLiteBackend(SqlBackend):
 
     def __init__(self, config: FullConfig, *, dialect: Dialect = SQLITE) -> None:
         self._dialect = dialect
+        self._busy_timeout = config.busy_timeout.total_seconds()
+        self._statement_timeout = config.statement_timeout.total_seconds()
         self._path = _database_file(config.path)
+        self._read_only = _read_only_reason(self._path)
+        if self._read_only is not None:
+            _log.info(
+                "opening SQLite database %r read-only: %s; writes will fail",
+                self._path,
+                self._read_only,
+            )
         in_memory = self._path == ":memory:"
         if in_memory:
             # One connection behind the pool's lock: every thread sees the same database.
@@ -114,22 +196,31 @@ class SQLiteBackend(SqlBackend):
             max_open=1 if in_memory else config.max_open_conns,
             max_idle=1 if in_memory else config.max_idle_conns,
             max_lifetime=float("inf") if in_memory else config.conn_max_lifetime.total_seconds(),
-            timeout=BUSY_TIMEOUT_MS / 1000 * 3,
+            timeout=config.pool_timeout.total_seconds(),
+            shared=in_memory,
         )
-        executor = DbApiExecutor(
-            self._pool.connection,
-            dialect=dialect,
-            driver_error=sqlite3.Error,
-            translate=translate_error,
-        )
+        options: dict[str, Any] = {
+            "dialect": dialect,
+            "driver_error": sqlite3.Error,
+            "translate": self._translate,
+            "transaction_aborted": _transaction_aborted,
+        }
+        executor: DbApiExecutor[Connection]
+        if self._statement_timeout > 0:
+            executor = _TimedExecutor(self._pool.connection, **options)
+            executor.limit = self._statement_timeout
+        else:  # the plain executor: no deadline kept per statement
+            executor = DbApiExecutor(self._pool.connection, **options)
         super().__init__(executor, Statements(dialect))
         self._in_memory = in_memory
 
     def _connect(self) -> Connection:
+        if self._read_only is not None:
+            return self._configure(self._open_read_only())
         try:
             conn = sqlite3.connect(
                 self._path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
                 factory=Connection,
@@ -137,20 +228,92 @@ class SQLiteBackend(SqlBackend):
             )
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open SQLite database {self._path!r}: {exc}") from None
+        return self._configure(conn)
+
+    def _open_read_only(self) -> Connection:
+        """A read-only connection: ``mode=ro``; where that cannot read (a WAL database
+        without its ``-shm`` file in a read-only folder), ``immutable=1`` when no ``-wal``
+        file exists either."""
+        error = ""
+        modes = (False,) if os.path.exists(self._path + "-wal") else (False, True)
+        for immutable in modes:
+            try:
+                conn = sqlite3.connect(
+                    _read_only_uri(self._path, immutable=immutable),
+                    timeout=self._busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    factory=Connection,
+                    uri=True,
+                )
+            except sqlite3.Error as exc:
+                error = str(exc)
+                continue
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            except sqlite3.Error as exc:
+                conn.close()
+                error = str(exc)
+                if getattr(exc, "sqlite_errorcode", None) == _CANTOPEN_CODE:
+                    continue  # no -shm file and none can be made: try immutable
+                break
+            assert isinstance(conn, Connection)
+            return conn
+        raise DatabaseError(
+            f"cannot open SQLite database {self._path!r} read-only ({self._read_only}): {error}"
+        )
+
+    def _configure(self, conn: sqlite3.Connection) -> Connection:
         assert isinstance(conn, Connection)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            if self._statement_timeout > 0:
+                conn.set_progress_handler(conn.past_deadline, _PROGRESS_OPCODES)
             conn.execute("PRAGMA foreign_keys = ON")
             # SQLite's own lower() folds ASCII only; audit search is case-insensitive for
             # every script, as on the other backends.
             conn.create_function("lower", 1, _unicode_lower, deterministic=True)
-            if self._path != ":memory:":
-                _enable_wal(conn)
+            if self._path != ":memory:" and self._read_only is None:
+                _enable_wal(conn, max(self._busy_timeout, 1.0))
                 conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             conn.close()
             raise DatabaseError(f"cannot open SQLite database {self._path!r}: {exc}") from None
         return conn
+
+    def _translate(self, exc: Exception) -> DatabaseError:
+        """``translate_error``, naming the file and the timeout that ran out."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == _READONLY_CODE:
+            why = f" ({self._read_only})" if self._read_only else ""
+            return DatabaseError(
+                f"the SQLite database {self._path!r} is read-only{why}: it can be read, not written"
+            )
+        if code is not None and code & 0xFF in _BUSY_CODES:
+            return TransientError(
+                f"the SQLite database {self._path!r} is locked: another connection held its "
+                f"lock longer than busy_timeout ({self._busy_timeout:g} s); retry later"
+            )
+        if code is not None and code & 0xFF == _INTERRUPT_CODE:
+            return TransientError(
+                f"a statement on the SQLite database {self._path!r} ran longer than "
+                f"statement_timeout ({self._statement_timeout:g} s) and was interrupted"
+            )
+        if code is not None and code & 0xFF == _FULL_CODE:
+            return DatabaseError(
+                f"the SQLite database {self._path!r} could not grow: the disk or its "
+                "quota is full; nothing of the failed call was stored"
+            )
+        return translate_error(exc)
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check``: every page of the file read and checked (the b-tree
+        structure, not index contents); raise ``DatabaseError`` naming the first problems."""
+        rows: list[Any] = self._executor.run(Step("PRAGMA quick_check"))
+        problems = [str(row[0]) for row in rows if str(row[0]) != "ok"]
+        if problems:
+            shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+            raise DatabaseError(f"SQLite database {self._path!r} failed quick_check: {shown}")
 
     def _shared_connection(self) -> Connection:
         return self._shared
@@ -165,5 +328,5 @@ class SQLiteBackend(SqlBackend):
         # Each file's BEGIN IMMEDIATE transaction serialises writers: no lock is needed.
         with self.executor.connection() as conn:
             yield DbApiMigrationConnection(
-                conn, self._dialect, driver_error=sqlite3.Error, translate=translate_error
+                conn, self._dialect, driver_error=sqlite3.Error, translate=self._translate
             )

@@ -1,15 +1,23 @@
-"""A small thread-safe pool of sqlite3 connections, bounded by ``max_open_conns``."""
+"""A small thread-safe pool of sqlite3 connections, bounded by ``max_open_conns``.
+
+Fork-safe: in a child of ``os.fork()`` the pool forgets the parent's connections (never
+using or closing them: closing a SQLite connection inherited across ``fork()`` may
+checkpoint or delete the parent's WAL) and opens fresh ones on the child's first call.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 
-from llm_proxy_db import DatabaseError
+from llm_proxy_db import DatabaseError, TransientError
 
 __all__ = ["Connection", "ConnectionPool"]
 
@@ -17,9 +25,33 @@ _log = logging.getLogger(__name__)
 
 
 class Connection(sqlite3.Connection):
-    """A sqlite3 connection that remembers when it was opened."""
+    """A sqlite3 connection that remembers when it was opened, and by which process
+    generation of its pool (see :meth:`ConnectionPool.after_fork`)."""
 
     opened_at: float = 0.0
+    generation: int = 0
+    deadline: float = math.inf
+    """When the running statement passes ``statement_timeout`` (``inf``: no statement
+    running under one)."""
+
+    def past_deadline(self) -> bool:
+        """The progress handler: a true value makes SQLite interrupt the statement."""
+        return time.monotonic() > self.deadline
+
+
+_POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_INHERITED: list[Connection] = []
+"""The parent's connections, in a forked child: kept referenced, so that the garbage
+collector never closes them there."""
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ConnectionPool:
@@ -34,18 +66,40 @@ class ConnectionPool:
         max_idle: int,
         max_lifetime: float,
         timeout: float,
+        shared: bool = False,
     ) -> None:
         self._connect = connect
         self._max_open = max_open
         self._max_idle = max_idle
         self._max_lifetime = max_lifetime
         self._timeout = timeout
+        self._shared = shared  # connect() returns one connection (:memory:): keep it
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._idle: list[Connection] = []
         self._open = 0  # connections lent out or idle
         self._waiting = 0
         self._closed = False
+        self._generation = 0
+        _POOLS.add(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (called by ``os.register_at_fork``): forget the parent's
+        connections, lent or idle, without touching them; the next call opens a new one.
+
+        A ``:memory:`` pool keeps its one connection: the child has its own copy of that
+        database, and no file is shared.
+        """
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._released = threading.Condition(self._lock)
+        self._waiting = 0
+        if self._shared:
+            self._open = len(self._idle)  # lent by a thread the child does not have: free
+            return
+        self._generation += 1
+        _INHERITED.extend(self._idle)
+        self._idle = []
+        self._open = 0
 
     def connection(self) -> _Checkout:
         """A context manager lending one connection."""
@@ -75,6 +129,7 @@ class ConnectionPool:
             self._forget_one()
             raise
         conn.opened_at = time.monotonic()
+        conn.generation = self._generation
         _log.debug("opened a SQLite connection (%d of at most %d open)", self._open, self._max_open)
         return conn
 
@@ -117,10 +172,10 @@ class ConnectionPool:
                         self._max_open,
                         self._timeout,
                     )
-                    raise DatabaseError(
-                        f"all {self._max_open} SQLite connections stayed busy for "
-                        f"{self._timeout:g}s; raise max_open_conns (DATABASE_POOL_SIZE) "
-                        "or shorten transactions"
+                    raise TransientError(
+                        f"no SQLite connection free within {self._timeout:g} s: "
+                        f"{self._open} in use (max_open_conns {self._max_open}); retry, "
+                        "raise DATABASE_POOL_SIZE or shorten transactions"
                     )
                 if self._closed:
                     raise DatabaseError("the database is closed")
@@ -128,6 +183,9 @@ class ConnectionPool:
             self._waiting -= 1
 
     def release(self, conn: Connection) -> None:
+        if conn.generation != self._generation and not self._shared:
+            _INHERITED.append(conn)  # lent before a fork, returned in the child: not ours
+            return
         failed: str | None = None
         try:
             if conn.in_transaction:

@@ -16,7 +16,7 @@ import shlex
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import click
 
@@ -43,8 +43,9 @@ from .. import (
 from ._admin import backends, health, stats
 from ._audit import audit
 from ._migrate import NoMigrationsError, migrate
-from ._output import echo_document
+from ._output import echo_document, printable
 from ._projects import project
+from ._secrets import secrets
 from ._state import State
 from ._tokens import token
 from ._usage import HintedBadParameter, HintedUsageError
@@ -139,7 +140,7 @@ def cli(
     state.debug = debug
 
 
-for _command in (project, token, audit, migrate, backends, health, stats):
+for _command in (project, token, audit, migrate, secrets, backends, health, stats):
     cli.add_command(_command)
 
 
@@ -194,7 +195,7 @@ def _describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, DatabaseError):  # ConfigError (a ValueError too) is bad input
         code = USAGE_EXIT if isinstance(exc, ValueError) else FAILURE_EXIT
         hint = _hint(exc)
-    elif isinstance(exc, ValueError):
+    elif isinstance(exc, ValueError) or _from_models(exc):
         code, hint = USAGE_EXIT, _VALUE_HINT
     elif isinstance(exc, OSError):
         code, hint = FAILURE_EXIT, "check the file or device named above"
@@ -206,6 +207,25 @@ def _describe(exc: BaseException) -> tuple[int, str]:
     return code, f"{message}; {hint}"
 
 
+def _from_models(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``TypeError`` a record's or a store call's argument check
+    raised (a value of the wrong type given, not a bug of the command line)."""
+    if not isinstance(exc, TypeError):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return False
+    module = frame.tb_frame.f_globals.get("__name__", "")
+    return module in _CHECKING_MODULES or frame.tb_frame.f_code.co_filename.startswith(
+        "<forwarded "
+    )
+
+
+_CHECKING_MODULES: Final = frozenset({"llm_proxy_db._models", "llm_proxy_db._limits"})
+
+
 def _public_type(exc: BaseException) -> str:
     """The class name the JSON error document reports: that of ``exc``, or for the CLI's
     own subclasses (``NoMigrationsError``, ``HintedUsageError``...) of the nearest library
@@ -215,13 +235,27 @@ def _public_type(exc: BaseException) -> str:
     )
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """The traceback of ``exc`` alone (``--debug``), then only the class names of the
+    exceptions chained to it: a driver's exception may quote a ``DATABASE_URL``, a token or
+    a key, and the library raises its own errors with none attached."""
+    traceback.print_exception(exc, chain=False)
+    chained: list[str] = []
+    current = exc.__cause__ or exc.__context__
+    while current is not None and len(chained) < 20:
+        chained.append(f"{type(current).__module__}.{type(current).__qualname__}")
+        current = current.__cause__ or current.__context__
+    if chained:
+        click.echo(f"(chained, their text withheld: {', '.join(chained)})", err=True)
+
+
 def _report(state: State, exc: BaseException) -> int:
     code, message = _describe(exc)
     if state.debug:
-        traceback.print_exception(exc)
+        _print_traceback(exc)
     if state.json:
         echo_document({"error": {"type": _public_type(exc), "message": message, "exit_code": code}})
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     return code
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 
 import click
 
-from .. import AuditEventFilter, ProjectNotFoundError
+from .. import AuditEventFilter, DatabaseError, ProjectNotFoundError
 from ._output import echo_document, event_document, fields, table, when
 from ._params import json_option, moment_option
 from ._resolve import resolve_project
@@ -129,7 +129,10 @@ def list_(
     if not events:
         click.echo("No matching audit events.")
         return
-    names = {p.id: p.name for p in state.db().list_projects()}
+    try:
+        names = {p.id: p.name for p in state.db().list_projects()}
+    except DatabaseError:  # an unreadable project row (not UTF-8, say): show the ids
+        names = {}
     rows = [
         (
             when(e.timestamp),

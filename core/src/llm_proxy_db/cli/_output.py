@@ -3,11 +3,16 @@
 JSON documents use the cattrs converter's field names and ISO 8601 UTC datetimes. A project
 never carries its upstream key (only ``api_key_masked``); a token's ``token`` field is masked
 unless the caller reveals it (``token create`` only).
+
+Human output passes every value through ``printable``: audit fields come from HTTP clients,
+and a terminal must never receive their control characters (escape sequences, BEL, a
+newline forging a table row, bidi overrides reordering a line). JSON stays exact.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +25,31 @@ __all__ = [
     "echo_document",
     "event_document",
     "fields",
+    "printable",
     "project_document",
     "table",
     "token_document",
     "token_status",
     "when",
 ]
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""C0 and C1 controls, DEL, and the bidi embeddings, overrides and isolates."""
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: each control character (C0, C1, DEL) and bidi control
+    (U+202A-U+202E, U+2066-U+2069) written as a Python-style escape (``\\x1b``, ``\\n``,
+    ``\\u202e``); everything else unchanged. Every human-readable printer uses it."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def project_document(project: Project) -> dict[str, Any]:
@@ -76,8 +100,9 @@ def token_status(token: Token, *, project_active: bool = True) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart; no trailing blanks."""
-    lines = [list(headers), *(list(row) for row in rows)]
+    """Columns padded to their widest cell, two spaces apart; no trailing blanks (cells
+    made ``printable``)."""
+    lines = [[printable(cell) for cell in line] for line in (headers, *rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
@@ -86,6 +111,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def fields(pairs: Sequence[tuple[str, str]]) -> str:
-    """``key: value`` lines with the values aligned."""
+    """``key: value`` lines with the values aligned (both made ``printable``)."""
+    pairs = [(printable(key), printable(value)) for key, value in pairs]
     width = max((len(key) for key, _ in pairs), default=0) + 1
     return "\n".join(f"{key + ':':<{width}} {value}" for key, value in pairs)

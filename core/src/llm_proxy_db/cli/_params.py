@@ -63,7 +63,11 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # before year 1 or after 9999 in UTC
+        pass
+    raise click.BadParameter(f"{text!r} is out of range: years 1000 to 9999 (in UTC)", ctx, param)
 
 
 def duration_option(*names: str, **kwargs: Any) -> Callable[[_F], _F]:

@@ -7,10 +7,10 @@ from typing import Any
 import attrs
 import click
 
-from .. import Project, Stores
+from .. import DatabaseError, Project, ProjectExistsError, Stores
 from .._clock import utcnow
 from ._changes import Trail, audited_change
-from ._output import echo_document, fields, project_document, table, when
+from ._output import echo_document, fields, printable, project_document, table, when
 from ._params import json_option
 from ._resolve import read_secret, resolve_project
 from ._state import State, pass_state
@@ -38,7 +38,7 @@ def _print_project(state: State, item: Project, message: str | None = None) -> N
         echo_document(project_document(item))
         return
     if message:
-        click.echo(message)
+        click.echo(printable(message))
     click.echo(
         fields(
             [
@@ -67,13 +67,18 @@ def _key_options(command: click.decorators.FC) -> click.decorators.FC:
     )(command)
 
 
+def _project_named(state: State, name: str) -> Project | None:
+    return next((p for p in state.db().list_projects() if p.name == name), None)
+
+
 @project.command("create")
 @click.argument("name")
 @_key_options
 @click.option(
     "--exist-ok",
     is_flag=True,
-    help="If a project NAME exists, print it and exit 0 (it is left unchanged).",
+    help="If a project NAME exists (created by anyone, even meanwhile), print it and exit 0; "
+    "it is left unchanged and its key is not compared.",
 )
 @json_option
 @pass_state
@@ -94,19 +99,36 @@ def create(
         raise HintedBadParameter("the name is empty", hint=_NAME_IT, param_hint="NAME")
     key = read_secret(_KEY, from_stdin=api_key_stdin, env_var=api_key_env)
     new = Project(name=name.strip(), openai_api_key=key)
-    if exist_ok:
-        existing = next((p for p in state.db().list_projects() if p.name == new.name), None)
-        if existing is not None:
-            _print_project(state, existing, f"Project {existing.name!r} exists; left unchanged.")
-            return
+    # --exist-ok means "a project named NAME exists afterwards", whoever created it and
+    # with whatever key: the key is never compared (an existing project is left unchanged).
+    existing = _project_named(state, new.name) if exist_ok else None
+    if existing is not None:
+        _print_project(state, existing, f"Project {existing.name!r} exists; left unchanged.")
+        return
 
     def change(tx: Stores, trail: Trail) -> Project:
         created = tx.create_project(new)
         trail.project_id = created.id
         return created
 
+    meanwhile: list[Project] = []
+
+    def created_meanwhile(exc: DatabaseError) -> bool:
+        """Whether the refusal is another process creating NAME since the check above."""
+        found = _project_named(state, new.name) if isinstance(exc, ProjectExistsError) else None
+        meanwhile[:] = [found] if found is not None else []
+        return bool(meanwhile)
+
     trail = Trail(metadata={"name": new.name})
-    created = audited_change(state, "project.create", change, trail=trail)
+    settled = created_meanwhile if exist_ok else None
+    try:
+        created = audited_change(state, "project.create", change, trail=trail, settled=settled)
+    except ProjectExistsError:
+        if not meanwhile:
+            raise
+        # exists-ok, and no failure event: nothing failed, another process was first.
+        _print_project(state, meanwhile[0], f"Project {new.name!r} exists; left unchanged.")
+        return
     _print_project(state, created, f"Created project {created.name!r}.")
 
 

@@ -11,7 +11,15 @@ import click
 from .. import DatabaseError, Project, Stores, Token, TokenUsageError, mask_token
 from .._clock import utcnow
 from ._changes import Trail, audited_change
-from ._output import echo_document, fields, table, token_document, token_status, when
+from ._output import (
+    echo_document,
+    fields,
+    printable,
+    table,
+    token_document,
+    token_status,
+    when,
+)
 from ._params import duration_option, json_option
 from ._resolve import MIN_PREFIX, display_token, resolve_project, resolve_token, token_argument
 from ._state import State, pass_state
@@ -58,7 +66,7 @@ def _print_token(state: State, item: Token, message: str | None = None) -> None:
         echo_document(token_document(item))
         return
     if message:
-        click.echo(message)
+        click.echo(printable(message))
     click.echo(
         fields(
             [

@@ -11,6 +11,7 @@ on either executor.
 
 from __future__ import annotations
 
+from .._models import fold_case
 from ._dialect import Dialect
 from ._execute import AsyncDbApiExecutor, AsyncExecutor, DbApiExecutor, Executor
 from ._goose import Migration, load_migrations, parse_migration
@@ -62,6 +63,7 @@ __all__ = [
     "decode_text_timestamp",
     "encode_naive_utc",
     "encode_text_timestamp",
+    "fold_case",
     "load_migrations",
     "parse_migration",
 ]

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import attrs
 
+from .._models import fold_case
+
 __all__ = ["Dialect"]
 
 _QMARK = re.compile(r"\?")
@@ -73,6 +75,10 @@ class Dialect:
     default follows the database's locale (under ``en_US``, ``'a' < 'B'``)."""
     comparable_time_template: str = "{column}"
     """SQL that makes a stored time column comparable with an encoded parameter."""
+    multi_statement: bool = False
+    """The driver runs ``;``-separated statements without parameters in one call (psycopg:
+    one round trip). Inside a transaction the executor then sends the release of one call's
+    savepoint and the next call's savepoint together."""
 
     def binary_order(self, column: str) -> str:
         """``column`` as an ORDER BY key that sorts text by code point."""
@@ -92,7 +98,7 @@ class Dialect:
         """A ``LIKE`` pattern matching ``text`` (lower-cased) literally anywhere, escaped
         with :attr:`like_escape`."""
         escape = self.like_escape
-        escaped = text.lower().replace(escape, escape * 2)
+        escaped = fold_case(text).replace(escape, escape * 2)
         escaped = escaped.replace("%", escape + "%").replace("_", escape + "_")
         return f"%{escaped}%"
 

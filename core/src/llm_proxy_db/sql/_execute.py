@@ -10,6 +10,19 @@ operation runs on the same connection. Driver exceptions are translated by the b
 :class:`DbApiExecutor` blocks; :class:`AsyncDbApiExecutor` awaits. Both drive the same
 operations, so the store logic exists once. A backend whose driver does not have
 ``connection.execute(sql, params) -> cursor`` overrides :meth:`statement`.
+
+Inside a transaction every operation runs between ``SAVEPOINT`` and ``RELEASE SAVEPOINT``
+and, when it raises, is undone by ``ROLLBACK TO SAVEPOINT``: a store call that fails in a
+block changes nothing and the block goes on with everything else intact (statement-level
+atomicity, the same on every SQL database; without it PostgreSQL aborts the whole
+transaction at the first failed statement and turns the final COMMIT into a rollback).
+Only the transaction path pays for them; a call outside a block runs as before. A call's
+savepoint is released lazily, with the next call's ``SAVEPOINT`` (in one round trip where
+the dialect's ``multi_statement`` allows: one extra round trip per call on PostgreSQL),
+and the last one by ``COMMIT``. Before ``COMMIT``, the executor asks the backend's
+``transaction_aborted`` hook whether the server still holds the transaction, and raises
+``TransientError`` instead of returning when it does not (a lost connection, a failed
+statement left unrepaired).
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from contextlib import (
 )
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from .._errors import DatabaseError
+from .._errors import DatabaseError, TransientError
 from ._dialect import Dialect
 from ._integrity import IntegrityViolation, Translate
 from ._operation import OPERATION_TYPES, Flow, Operation, Step, Steps
@@ -57,6 +70,25 @@ class AsyncExecutor(Protocol):
 
 
 _COMMIT: Step[None] = Step("COMMIT", rows=False)
+_SAVEPOINT: Step[None] = Step("SAVEPOINT llm_proxy_db_call", rows=False)
+_RELEASE: Step[None] = Step("RELEASE SAVEPOINT llm_proxy_db_call", rows=False)
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT llm_proxy_db_call"
+_NEXT_SAVEPOINT: Step[None] = Step(f"{_RELEASE.sql}; {_SAVEPOINT.sql}", rows=False)
+
+TransactionAborted = Callable[[Any], str | None]
+"""``transaction_aborted(conn)``: why the transaction open on ``conn`` can no longer commit
+(``"the connection was lost"``), or ``None`` while it can. Asked before ``COMMIT``."""
+
+
+def _aborted_error(reason: str) -> TransientError:
+    return TransientError(
+        f"the transaction was aborted ({reason}): nothing of it was stored; run the block again"
+    )
+
+
+def _in_doubt(error: TransientError, note: str) -> TransientError:
+    """``error`` of a step whose write may have happened: its message says so."""
+    return TransientError(f"{error} ({note})")
 
 
 def _violation(error: DatabaseError, step: Step[Any]) -> DatabaseError:
@@ -72,7 +104,11 @@ class DbApiExecutor(Generic[C]):
 
     One connection serves one operation: a single statement commits on its own; an atomic
     flow runs between ``dialect.begin_write`` and ``COMMIT``. :meth:`transaction` lends one
-    connection to a block of operations.
+    connection to a block of operations, each under a savepoint.
+
+    ``transaction_aborted`` (optional) tells, before ``COMMIT``, whether the server
+    aborted the transaction (psycopg: ``conn.info.transaction_status``; sqlite3:
+    ``not conn.in_transaction``); the commit then raises ``TransientError``.
     """
 
     def __init__(
@@ -82,11 +118,17 @@ class DbApiExecutor(Generic[C]):
         dialect: Dialect,
         driver_error: type[Exception],
         translate: Translate,
+        transaction_aborted: TransactionAborted | None = None,
     ) -> None:
         self._checkout = checkout
         self._begin: Step[None] = Step(dialect.begin_write, rows=False)
         self._driver_error = driver_error
         self._translate = translate
+        self._transaction_aborted = transaction_aborted
+        # Between two calls of a transaction: release the last savepoint, take the next.
+        self._next_savepoint: tuple[Step[None], ...] = (
+            (_NEXT_SAVEPOINT,) if dialect.multi_statement else (_RELEASE, _SAVEPOINT)
+        )
 
     def statement(self, conn: C, sql: str, params: Any, rows: bool) -> Any:
         """Run one statement on ``conn``: every row (``rows``) or the row count.
@@ -111,7 +153,8 @@ class DbApiExecutor(Generic[C]):
     @contextmanager
     def transaction(self) -> Iterator[Executor]:
         """One connection for the block, between ``begin_write`` and ``COMMIT``; rolled
-        back if the block raises."""
+        back if the block raises. ``COMMIT`` of a transaction the server aborted raises
+        ``TransientError``."""
         with self._lend() as conn:
             self._statement(conn, self._begin)
             try:
@@ -119,7 +162,7 @@ class DbApiExecutor(Generic[C]):
             except BaseException:
                 self._rollback(conn)
                 raise
-            self._statement(conn, _COMMIT)
+            self._commit(conn)
 
     @contextmanager
     def connection(self) -> Iterator[C]:
@@ -146,11 +189,35 @@ class DbApiExecutor(Generic[C]):
             return self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
             error = _violation(self._translate(exc), step)
+        if step.in_doubt is not None and isinstance(error, TransientError):
+            error = _in_doubt(error, step.in_doubt)
         raise error
 
     def _rollback(self, conn: C) -> None:
         with suppress(Exception):  # the block's own error is the one to report
             self.statement(conn, "ROLLBACK", (), False)
+
+    def _commit(self, conn: C) -> None:
+        reason = self._transaction_aborted(conn) if self._transaction_aborted else None
+        if reason is not None:
+            self._rollback(conn)
+            raise _aborted_error(reason)
+        self._statement(conn, _COMMIT)
+
+    def _in_savepoint(self, conn: C, operation: Operation[Any], bound: _Bound) -> Any:
+        # One operation of a transaction: undone alone if it raises. The savepoint of the
+        # previous call (if it succeeded) is released here, or by COMMIT.
+        for step in self._next_savepoint if bound.held else (_SAVEPOINT,):
+            self._statement(conn, step)
+        bound.held = True
+        try:
+            return self._perform(conn, operation, True)
+        except BaseException:
+            bound.held = False
+            with suppress(Exception):  # the operation's own error is the one to report
+                self.statement(conn, _ROLLBACK_TO, (), False)
+                self.statement(conn, _RELEASE.sql, (), False)
+            raise
 
     def _perform(self, conn: C, operation: Operation[Any], in_transaction: bool) -> Any:
         value: Any
@@ -190,17 +257,28 @@ class DbApiExecutor(Generic[C]):
                 sent, error = None, exc
 
 
-class _BoundExecutor(Generic[C]):
+class _Bound:
+    """What a transaction's executor knows of its savepoint."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+        """The last call's savepoint is still open (released with the next one's)."""
+
+
+class _BoundExecutor(_Bound, Generic[C]):
     """The executor of one transaction: every operation on its connection."""
 
     __slots__ = ("_conn", "_parent")
 
     def __init__(self, parent: DbApiExecutor[C], conn: C) -> None:
+        super().__init__()
         self._parent = parent
         self._conn = conn
 
     def run(self, operation: Operation[T]) -> T:
-        return self._parent._perform(self._conn, operation, True)  # type: ignore[no-any-return]
+        return self._parent._in_savepoint(self._conn, operation, self)  # type: ignore[no-any-return]
 
 
 class AsyncDbApiExecutor(Generic[C]):
@@ -216,11 +294,17 @@ class AsyncDbApiExecutor(Generic[C]):
         dialect: Dialect,
         driver_error: type[Exception],
         translate: Translate,
+        transaction_aborted: TransactionAborted | None = None,
     ) -> None:
         self._checkout = checkout
         self._begin: Step[None] = Step(dialect.begin_write, rows=False)
         self._driver_error = driver_error
         self._translate = translate
+        self._transaction_aborted = transaction_aborted
+        # Between two calls of a transaction: release the last savepoint, take the next.
+        self._next_savepoint: tuple[Step[None], ...] = (
+            (_NEXT_SAVEPOINT,) if dialect.multi_statement else (_RELEASE, _SAVEPOINT)
+        )
 
     async def statement(self, conn: C, sql: str, params: Any, rows: bool) -> Any:
         """Run one statement on ``conn``: every row (``rows``) or the row count."""
@@ -238,7 +322,8 @@ class AsyncDbApiExecutor(Generic[C]):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncExecutor]:
-        """One connection for the block, between ``begin_write`` and ``COMMIT``."""
+        """One connection for the block, between ``begin_write`` and ``COMMIT``, each
+        operation under a savepoint; ``COMMIT`` of an aborted transaction raises."""
         async with self._lend() as conn:
             await self._statement(conn, self._begin)
             try:
@@ -246,7 +331,7 @@ class AsyncDbApiExecutor(Generic[C]):
             except BaseException:
                 await self._rollback(conn)
                 raise
-            await self._statement(conn, _COMMIT)
+            await self._commit(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[C]:
@@ -270,11 +355,33 @@ class AsyncDbApiExecutor(Generic[C]):
             return await self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
             error = _violation(self._translate(exc), step)
+        if step.in_doubt is not None and isinstance(error, TransientError):
+            error = _in_doubt(error, step.in_doubt)
         raise error
 
     async def _rollback(self, conn: C) -> None:
         with suppress(Exception):
             await self.statement(conn, "ROLLBACK", (), False)
+
+    async def _commit(self, conn: C) -> None:
+        reason = self._transaction_aborted(conn) if self._transaction_aborted else None
+        if reason is not None:
+            await self._rollback(conn)
+            raise _aborted_error(reason)
+        await self._statement(conn, _COMMIT)
+
+    async def _in_savepoint(self, conn: C, operation: Operation[Any], bound: _Bound) -> Any:
+        for step in self._next_savepoint if bound.held else (_SAVEPOINT,):
+            await self._statement(conn, step)
+        bound.held = True
+        try:
+            return await self._perform(conn, operation, True)
+        except BaseException:
+            bound.held = False
+            with suppress(Exception):
+                await self.statement(conn, _ROLLBACK_TO, (), False)
+                await self.statement(conn, _RELEASE.sql, (), False)
+            raise
 
     async def _perform(self, conn: C, operation: Operation[Any], in_transaction: bool) -> Any:
         value: Any
@@ -314,12 +421,13 @@ class AsyncDbApiExecutor(Generic[C]):
                 sent, error = None, exc
 
 
-class _AsyncBoundExecutor(Generic[C]):
+class _AsyncBoundExecutor(_Bound, Generic[C]):
     __slots__ = ("_conn", "_parent")
 
     def __init__(self, parent: AsyncDbApiExecutor[C], conn: C) -> None:
+        super().__init__()
         self._parent = parent
         self._conn = conn
 
     async def run(self, operation: Operation[T]) -> T:
-        return await self._parent._perform(self._conn, operation, True)  # type: ignore[no-any-return]
+        return await self._parent._in_savepoint(self._conn, operation, self)  # type: ignore[no-any-return]

@@ -23,6 +23,7 @@ from .._errors import (
     TokenNotFoundError,
     TransientError,
 )
+from .._limits import MAX_COUNT, counter_overflow_for
 from .._masking import mask_token
 from .._models import AuditEvent, AuditEventFilter, Project, Stats, Token
 from ._integrity import IntegrityViolation
@@ -34,6 +35,8 @@ __all__ = ["StoreLogic"]
 _log = logging.getLogger(__name__)
 
 _NO_LIMIT = 2**62
+_COUNTED = "the request may or may not have been counted"
+_CACHE_HIT_COUNTED = "the cache hit may or may not have been counted"
 _INCREMENT_ATTEMPTS = 3
 """A refused increment is explained by a read; if that read finds nothing wrong (another
 client changed the token in between), the increment is tried again, this many times."""
@@ -145,7 +148,11 @@ class StoreLogic:
             return Flow(self._increment_then_read, token, atomic=True)
         stamp = self._codec.encode_time(utcnow())
         return Step(
-            self._s.increment_usage, (stamp, token, stamp), decode=self._counted, subject=token
+            self._s.increment_usage,
+            (stamp, token, stamp),
+            decode=self._counted,
+            subject=token,
+            in_doubt=_COUNTED,
         )
 
     def revoke_token(self, token: str) -> Operation[None]:
@@ -167,13 +174,15 @@ class StoreLogic:
         return Step(self._s.revoke_expired_tokens, (stamp, stamp), rows=False)
 
     def increment_cache_hit_count(self, token: str, delta: int = 1) -> Operation[None]:
-        # delta >= 1 always changes the row: "changed" and "matched" counts agree.
+        # delta >= 1 always changes the row: "changed" and "matched" counts agree. Nothing
+        # matched: no such token, or the sum would pass MAX_COUNT (a read tells which).
         return Step(
             self._s.increment_cache_hits,
-            (delta, token),
+            (delta, token, MAX_COUNT - delta),
             rows=False,
-            decode=_token_counted,
+            decode=self._cache_hits_counted,
             subject=token,
+            in_doubt=_CACHE_HIT_COUNTED,
         )
 
     def reset_token_usage(self, token: str) -> Operation[Token]:
@@ -252,7 +261,11 @@ class StoreLogic:
         now = utcnow()  # taken when the flow runs (again, on a retry)
         stamp = self._codec.encode_time(now)
         counted = yield Step(
-            self._s.increment_usage, (stamp, token, stamp), rows=False, decode=_count
+            self._s.increment_usage,
+            (stamp, token, stamp),
+            rows=False,
+            decode=_count,
+            in_doubt=_COUNTED,
         )
         token_row: Token = yield (
             self.get_token_by_id(token) if counted else self._explain_refusal(token, now)
@@ -271,7 +284,10 @@ class StoreLogic:
             if not found:
                 raise TokenNotFoundError.for_token(token)
             *row, project_active = found[0]
-            self._codec.token(row).check_usable(project_active=bool(project_active), now=now)
+            stored = self._codec.token(row)
+            stored.check_usable(project_active=bool(project_active), now=now)
+            if stored.request_count >= MAX_COUNT:
+                raise counter_overflow_for(token, "request_count")
             _log.debug(
                 "the increment of token %s was refused but the token is usable (changed "
                 "concurrently): counting again (attempt %d of %d)",
@@ -282,12 +298,16 @@ class StoreLogic:
             now = utcnow()
             stamp = self._codec.encode_time(now)
             if self._returning:
-                rows = yield Step(self._s.increment_usage, (stamp, token, stamp))
+                rows = yield Step(self._s.increment_usage, (stamp, token, stamp), in_doubt=_COUNTED)
                 if rows:
                     return self._codec.token(rows[0])
             else:
                 counted = yield Step(
-                    self._s.increment_usage, (stamp, token, stamp), rows=False, decode=_count
+                    self._s.increment_usage,
+                    (stamp, token, stamp),
+                    rows=False,
+                    decode=_count,
+                    in_doubt=_COUNTED,
                 )
                 if counted:
                     counted_token: Token = yield self.get_token_by_id(token)
@@ -326,6 +346,11 @@ class StoreLogic:
         if rows:
             return self._codec.token(rows[0])
         return self._explain_refusal(token, utcnow())
+
+    def _cache_hits_counted(self, count: int, token: str) -> Step[None] | None:
+        if count:
+            return None
+        return Step(self._s.token_exists, (token,), decode=_cache_hits_overflow, subject=token)
 
     def _token_changed(self, count: int, token: str) -> Step[None] | None:
         if count:
@@ -366,6 +391,13 @@ def _token_counted(count: int, token: str) -> None:
     """After a DELETE, or an UPDATE that always changes the row: 0 rows, no such token."""
     if not count:
         raise TokenNotFoundError.for_token(token)
+
+
+def _cache_hits_overflow(rows: list[Any], token: str) -> None:
+    """After an increment of cache hits matched nothing: why."""
+    if not rows:
+        raise TokenNotFoundError.for_token(token)
+    raise counter_overflow_for(token, "cache_hit_count")
 
 
 def _token_present(rows: list[Any], token: str) -> None:

@@ -53,7 +53,7 @@ class Step(Generic[T_co]):
     """One statement and how to read its result (executors dispatch on the exact class:
     not for subclassing)."""
 
-    __slots__ = ("decode", "on_violation", "params", "rows", "sql", "subject")
+    __slots__ = ("decode", "in_doubt", "on_violation", "params", "rows", "sql", "subject")
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class Step(Generic[T_co]):
         decode: Decoder = _rows,
         subject: Any = None,
         on_violation: ViolationMapper | None = None,
+        in_doubt: str | None = None,
     ) -> None:
         self.sql = sql
         """The statement, in the dialect's placeholder style."""
@@ -75,6 +76,10 @@ class Step(Generic[T_co]):
         """What the step is about (an id, a token, a record), handed to the decoder and
         to ``on_violation`` so that neither needs a closure."""
         self.on_violation = on_violation
+        self.in_doubt = in_doubt
+        """For a write whose effect a lost connection or a timeout leaves unknown (a
+        counted request): what the executor appends to such a ``TransientError``, e.g.
+        ``"the request may or may not have been counted"``."""
 
     def __repr__(self) -> str:  # never the parameters: they may hold secrets
         return f"<Step {self.sql.split(None, 1)[0]} rows={self.rows}>"

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .._limits import MAX_COUNT
 from .._models import (
     EXACT_FILTER_FIELDS,
     SEARCHED_FIELDS,
@@ -212,6 +213,7 @@ _TOKEN_ORDER = "ORDER BY created_at DESC, {binary:token} DESC"
 _TOKEN_USABLE = (
     "is_active AND (expires_at IS NULL OR {expires_at} > ?) "
     "AND (max_requests IS NULL OR request_count < max_requests) "
+    f"AND request_count < {MAX_COUNT} "  # the counter's bound: never past a 32-bit INTEGER
     "AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active)"
 )
 _REVOKE = "UPDATE tokens SET is_active = FALSE, deactivated_at = COALESCE(deactivated_at, ?)"
@@ -250,7 +252,9 @@ _STATEMENTS: dict[str, str] = {
         f"{_REVOKE} WHERE is_active AND expires_at IS NOT NULL AND {{expires_at}} <= ?"
     ),
     "increment_cache_hits": (
-        "UPDATE tokens SET cache_hit_count = cache_hit_count + ? WHERE token = ?"
+        # The second ? is MAX_COUNT - delta: the sum never passes a 32-bit INTEGER.
+        "UPDATE tokens SET cache_hit_count = cache_hit_count + ? "
+        "WHERE token = ? AND cache_hit_count <= ?"
     ),
     "reset_usage": "UPDATE tokens SET request_count = 0 WHERE token = ?",
     "token_exists": "SELECT 1 FROM tokens WHERE token = ?",

@@ -16,12 +16,32 @@ from .._delegation import ForwardedStores, forwarding
 from .._protocols import Stores
 from ._execute import AsyncExecutor, DbApiExecutor, Executor
 from ._logic import StoreLogic
-from ._operation import Step
+from ._operation import Flow, Step, Steps
 from ._statements import Statements
 
 __all__ = ["AsyncSqlStores", "SqlBackend", "SqlStores"]
 
 _CALL = "self._executor.run(self._logic.{name}({args}))"
+
+TABLES = ("projects", "tokens", "audit_events")
+"""The tables the stores read and write (goose's version table aside)."""
+
+
+def _read_each_table() -> Steps[None]:
+    # One bounded read per table: a missing table or an unreadable first page (a corrupted
+    # SQLite file) fails here. Every column, so that the table itself is read (``SELECT 1``
+    # may be answered from a covering index: SQLite does so), one row at most.
+    for table in TABLES:
+        yield Step(f"SELECT * FROM {table} LIMIT 1")
+
+
+def _count_each_table() -> Steps[None]:
+    for table in TABLES:
+        yield Step(f"SELECT count(*) FROM {table}")
+
+
+_HEALTH_CHECK: Flow[None] = Flow(_read_each_table)
+_COUNT_ROWS: Flow[None] = Flow(_count_each_table)
 
 
 @forwarding(_CALL, protocol=Stores)
@@ -61,9 +81,19 @@ class SqlBackend(SqlStores):
         self.executor = executor
         """The executor: :meth:`DbApiExecutor.connection` lends a connection."""
 
-    def health_check(self) -> None:
-        """Raise ``DatabaseError`` unless the database answers a trivial query."""
-        self._executor.run(Step("SELECT 1"))
+    def health_check(self, *, tables: bool = True) -> None:
+        """Raise ``DatabaseError`` unless the database answers a bounded read of each table
+        (``SELECT * FROM <table> LIMIT 1``: a missing table or a corrupted first page
+        fails it; a full check is :meth:`check_integrity`). ``tables=False`` asks only
+        that the server answers (``SELECT 1``: a backend's own open, before migrations)."""
+        self._executor.run(_HEALTH_CHECK if tables else Step("SELECT 1"))
+
+    def check_integrity(self) -> None:
+        """The deep check of ``llm-proxy-db health --deep``: raise ``DatabaseError`` unless
+        every row of each table can be read (``SELECT count(*)`` per table, which reads
+        each table or one of its indexes in full). A backend overrides it with its
+        database's own check (SQLite: ``PRAGMA quick_check``)."""
+        self._executor.run(_COUNT_ROWS)
 
     @contextmanager
     def transaction(self) -> Iterator[SqlStores]:

@@ -203,11 +203,11 @@ class AuditTests(ConformanceBase):
 
     @pytest.mark.parametrize("field", SEARCHED_FIELDS)
     def test_search_matches_field_case_insensitively(self, db: DB, field: str) -> None:
-        needle = "NeEdLe-7q"
+        needle = "NdL-7"  # short: the value fits every field (method holds 10 characters)
         value: Any = {"detail": f"xx{needle}yy"} if field == "metadata" else f"xx{needle}yy"
         (hit,) = self.given_events(db, {field: value})
         self.given_events(db, {field: {"detail": "hay"} if field == "metadata" else "hay"})
-        for query in ("needle-7q", "NEEDLE-7Q", needle):
+        for query in ("ndl-7", "NDL-7", needle):
             flt = AuditEventFilter(search=query)
             assert db.list_audit_events(flt) == [hit], (
                 f"list_audit_events(search={query!r}) in {field}"

@@ -10,7 +10,7 @@ import pytest
 from .._db import DB
 from .._errors import MigrationError, ProjectNotFoundError
 from .._models import AuditEventFilter, Token
-from . import _races
+from . import _forking, _races
 from ._base import KNOWN_CAPABILITIES, BackendFactory, ConformanceBase, at, requires, unique
 
 _PROCESSES = 4
@@ -104,6 +104,21 @@ class CapabilityTests(ConformanceBase):
         """Run each ``(body, args)`` of :mod:`._races` in its own spawned process on the
         storage of ``db``; their reports."""
         return _races.race(db.config, tuple(self.spawn_imports), children, events=events)
+
+    @requires("multi_process")
+    def test_forked_children_get_their_own_connections(self, db: DB) -> None:
+        """A ``DB`` opened and used before ``os.fork()`` (gunicorn/uvicorn preload): each
+        child's calls work on fresh connections and see only their own rows, none hangs,
+        and the parent goes on working."""
+        project = self.given_project(db)
+        token = self.given_token(db, project)
+        db.increment_token_usage(token.token)
+        reports = _forking.fork_children(db, children=4, tokens_each=25)
+        assert db.increment_token_usage(token.token).request_count == 2
+        for report in reports:
+            stored = {t.token for t in db.list_tokens(report["project"])}
+            assert stored == set(report["tokens"]), "the parent does not see a child's tokens"
+        db.health_check()
 
     @requires("multi_process")
     def test_exact_limit_with_racing_processes(self, db: DB) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._audit import AuditTests
 from ._capabilities import CapabilityTests
 from ._failures import FailureTests
+from ._inputs import InputTests
 from ._lifecycle import LifecycleTests
 from ._projects import ProjectTests
 from ._safety import SafetyTests
@@ -23,6 +24,7 @@ class StoreConformance(
     LifecycleTests,
     SafetyTests,
     FailureTests,
+    InputTests,
     CapabilityTests,
     StatefulTests,
 ):

@@ -128,6 +128,34 @@ class LifecycleTests(ConformanceBase):
             db.get_project_by_id(fresh.id)
         assert db.list_projects() == [taken]
 
+    def test_transaction_goes_on_after_a_caught_store_error(self, db: DB) -> None:
+        """Statement-level atomicity: a store call that raises inside a block changes
+        nothing, and the block goes on with everything else intact (on PostgreSQL the
+        first failed statement would otherwise abort the whole transaction, and COMMIT
+        would silently roll it back)."""
+        taken = self.given_project(db)
+        first = self.new_project()
+        later = self.new_project()
+        token = self.new_token(first, max_requests=5)
+        event = self.new_event(project_id=first.id)
+        with db.transaction() as tx:
+            tx.create_project(first)
+            with pytest.raises(ProjectExistsError):
+                tx.create_project(self.new_project(name=taken.name))
+            with pytest.raises(TokenNotFoundError):
+                tx.increment_token_usage(self.new_token(first).token)
+            tx.create_project(later)
+            tx.create_token(token)
+            assert tx.increment_token_usage(token.token).request_count == 1
+            tx.create_audit_event(event)
+            assert tx.get_project_by_id(first.id) == first
+        by_name = sorted([taken, first, later], key=lambda project: project.name)
+        assert db.list_projects() == by_name, (
+            "a transaction whose block caught a store error lost the block's other writes"
+        )
+        assert db.get_token_by_id(token.token).request_count == 1
+        assert db.get_audit_event_by_id(event.id) == event
+
     def test_backend_transaction_offers_every_store_method(self, db: DB) -> None:
         """What the backend's own ``transaction()`` yields implements ``Stores`` (the
         facade's transaction object always has every method, whatever it wraps)."""

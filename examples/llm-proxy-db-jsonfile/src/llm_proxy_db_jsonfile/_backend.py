@@ -7,6 +7,9 @@ holds the locks for the whole block and writes once at the end, or not at all wh
 block raises. Readers never see a half-written file, and processes sharing the file are
 serialised by the lock, so the design is persistent and safe across processes; it is
 slow for large stores (every call reads the whole file).
+
+Fork-safe: an ``flock`` belongs to the open file, which a child of ``os.fork()`` shares
+with its parent, so a child's first call opens its own lock file (a pid check).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Final, TypeVar
 import attrs
 
 from llm_proxy_db import (
+    MAX_COUNT,
     AlreadyExistsError,
     AuditEvent,
     AuditEventFilter,
@@ -43,10 +47,19 @@ from llm_proxy_db import (
     TokenNotFoundError,
     TransientError,
     converter,
+    mask_token,
     utcnow,
 )
 
 __all__ = ["JsonFileBackend"]
+
+
+def _counter_overflow(token: str, counter: str) -> DatabaseError:
+    return DatabaseError(
+        f"token {mask_token(token)}: {counter} would pass its maximum {MAX_COUNT}; "
+        "nothing was counted"
+    )
+
 
 FORMAT: Final = "llm-proxy-db-jsonfile"
 FORMAT_VERSION: Final = 1
@@ -189,6 +202,8 @@ class _Session:
         stored = self._token(token)
         project = self.projects.get(stored.project_id)
         stored.check_usable(project_active=project is not None and project.is_active, now=now)
+        if stored.request_count >= MAX_COUNT:  # the counters' bound, as on every backend
+            raise _counter_overflow(token, "request_count")
         return self._store_token(
             attrs.evolve(stored, request_count=stored.request_count + 1, last_used_at=now)
         )
@@ -219,6 +234,8 @@ class _Session:
 
     def increment_cache_hit_count(self, token: str, delta: int = 1) -> None:
         stored = self._token(token)
+        if stored.cache_hit_count > MAX_COUNT - delta:
+            raise _counter_overflow(token, "cache_hit_count")
         self._store_token(attrs.evolve(stored, cache_hit_count=stored.cache_hit_count + delta))
 
     def reset_token_usage(self, token: str) -> Token:
@@ -285,6 +302,7 @@ class JsonFileBackend:
                 f"cannot create the lock file {str(self._lock_path)!r}: {exc.strerror}"
             ) from None
         self._thread_lock = threading.Lock()
+        self._pid = os.getpid()
         self._owner: int | None = None
         self._close_pending = False
         try:
@@ -296,8 +314,20 @@ class JsonFileBackend:
 
     # -- the unit of work ------------------------------------------------------------------
 
+    def _after_fork(self) -> None:
+        # In a forked child: the inherited lock fd shares the parent's flock; open our own.
+        inherited, self._pid = self._lock_fd, os.getpid()
+        self._thread_lock = threading.Lock()
+        self._owner = None
+        if inherited is None:
+            return
+        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(inherited)  # the parent's copy keeps its lock: flock is released by LOCK_UN
+
     @contextmanager
     def _session(self) -> Iterator[_Session]:
+        if self._pid != os.getpid():
+            self._after_fork()
         if self._owner == threading.get_ident():
             raise DatabaseError(
                 "a transaction is open on this thread: call the stores it yielded instead"

@@ -1,0 +1,127 @@
+"""The layer that keeps upstream keys encrypted at rest, for every backend.
+
+When a key is configured, :func:`~llm_proxy_db.new_from_full_config` puts an
+:class:`EncryptingBackend` between the ``DB`` facade and the backend: a project's
+``openai_api_key`` is encrypted on its way into ``create_project`` and ``update_project``
+and decrypted in every project the store returns, inside transactions too. Every other
+method (tokens, audit, stats: the hot path) is passed through unchanged by generated
+forwarding (:mod:`._delegation`). Without a key nothing is installed and nothing is paid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from ._delegation import ForwardedStores, forwarding
+from ._encryption import Cipher
+from ._models import Project, trusted_project
+from ._protocols import Stores
+
+if TYPE_CHECKING:
+    from ._db import DB
+    from ._protocols import Backend
+
+__all__ = ["EncryptingBackend", "EncryptingStores", "unwrapped"]
+
+_PROJECT_FIELDS: Final = tuple(field.name for field in attrs.fields(Project))
+
+
+def _with_key(project: Project, key: str) -> Project:
+    """``project`` with another ``openai_api_key``; the record was validated already (a
+    ciphertext is longer than the key it hides, so it is not validated again)."""
+    values = {name: getattr(project, name) for name in _PROJECT_FIELDS}
+    values["openai_api_key"] = key
+    return trusted_project(**values)
+
+
+@forwarding("self._inner.{name}({args})", protocol=Stores)
+class _PassThrough(ForwardedStores):
+    """Every store method handed on unchanged; :class:`EncryptingStores` overrides the
+    project methods."""
+
+    __slots__ = ("_cipher", "_inner")
+
+    def __init__(self, inner: Stores, cipher: Cipher) -> None:
+        self._inner = inner
+        self._cipher = cipher
+
+
+class EncryptingStores(_PassThrough):
+    """Stores whose projects' upstream keys are encrypted in ``inner`` and plain here."""
+
+    __slots__ = ()
+
+    def _sealed(self, project: Project) -> Project:
+        key = self._cipher.encrypt(project.openai_api_key, project_id=project.id)
+        return _with_key(project, key)
+
+    def _opened(self, project: Project) -> Project:
+        key = self._cipher.decrypt(project.openai_api_key, project_id=project.id)
+        return project if key is project.openai_api_key else _with_key(project, key)
+
+    def create_project(self, project: Project) -> Project:
+        return self._opened(self._inner.create_project(self._sealed(project)))
+
+    def get_project_by_id(self, project_id: str) -> Project:
+        return self._opened(self._inner.get_project_by_id(project_id))
+
+    def update_project(self, project: Project) -> Project:
+        return self._opened(self._inner.update_project(self._sealed(project)))
+
+    def list_projects(self) -> list[Project]:
+        return [self._opened(project) for project in self._inner.list_projects()]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._cipher!r} over {self._inner!r}>"
+
+
+class EncryptingBackend(EncryptingStores):
+    """A backend wrapped by :class:`EncryptingStores`, its transactions' stores included.
+
+    Anything else the backend offers (``migration_connection``, a test double's extras) is
+    reached through this object unchanged.
+    """
+
+    __slots__ = ()
+
+    _inner: Backend
+
+    def __init__(self, inner: Backend, cipher: Cipher) -> None:
+        super().__init__(inner, cipher)
+
+    @property
+    def inner(self) -> Backend:
+        """The backend this layer wraps (stored values as they are, encrypted)."""
+        return self._inner
+
+    @property
+    def cipher(self) -> Cipher:
+        """The keys this layer encrypts and decrypts with."""
+        return self._cipher
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def health_check(self, *args: Any, **kwargs: Any) -> None:
+        # Any options a backend's check takes (a deep check, say) pass through unchanged.
+        self._inner.health_check(*args, **kwargs)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Stores]:
+        with self._inner.transaction() as stores:
+            yield EncryptingStores(stores, self._cipher)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_inner", "_cipher"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def unwrapped(db: DB) -> Backend:
+    """The backend behind ``db`` as it stores values (encrypted ones as stored)."""
+    backend: Any = db._backend
+    return backend.inner if isinstance(backend, EncryptingBackend) else backend
