@@ -190,8 +190,8 @@ def _driver_name(value: object) -> str:
 
 
 @attrs.frozen(kw_only=True)
-class Config:
-    """Settings for the default SQLite backend, as ``new()`` takes them."""
+class _ConnectionSettings:
+    """The settings ``Config`` and ``FullConfig`` share, declared once."""
 
     path: str = attrs.field(default=DEFAULT_PATH, validator=_non_empty_str)
     max_open_conns: int = attrs.field(
@@ -226,43 +226,18 @@ class Config:
 
 
 @attrs.frozen(kw_only=True)
-class FullConfig:
+class Config(_ConnectionSettings):
+    """Settings for the default SQLite backend, as ``new()`` takes them."""
+
+
+@attrs.frozen(kw_only=True)
+class FullConfig(_ConnectionSettings):
     """Settings for any backend; ``driver`` names an installed backend (default ``sqlite``)."""
 
     driver: str = attrs.field(default=DriverType.SQLITE.value, converter=_driver_name)
-    path: str = attrs.field(default=DEFAULT_PATH, validator=_non_empty_str)
     database_url: str | None = attrs.field(
         default=None, repr=lambda v: "None" if v is None else "'***'"
     )
-    max_open_conns: int = attrs.field(
-        default=DEFAULT_MAX_OPEN_CONNS, validator=_int_at_least(1, "")
-    )
-    max_idle_conns: int = attrs.field(
-        default=attrs.Factory(_default_idle_conns, takes_self=True),
-        validator=[_int_at_least(0, ""), _idle_within_pool],
-    )
-    """Unset: ``min(5, max_open_conns)``; set above ``max_open_conns``: ``ConfigError``."""
-    conn_max_lifetime: timedelta = attrs.field(
-        default=timedelta(hours=1), validator=_positive_duration
-    )
-    pool_timeout: timedelta = attrs.field(
-        default=DEFAULT_POOL_TIMEOUT, validator=_positive_duration
-    )
-    """How long a call waits for a free pooled connection, then ``TransientError``."""
-    busy_timeout: timedelta = attrs.field(
-        default=DEFAULT_BUSY_TIMEOUT, validator=_non_negative_duration
-    )
-    """How long a statement waits for a lock held elsewhere (SQLite ``busy_timeout``,
-    PostgreSQL ``lock_timeout``), then ``TransientError``."""
-    statement_timeout: timedelta = attrs.field(
-        default=DEFAULT_STATEMENT_TIMEOUT, validator=_non_negative_duration
-    )
-    """How long one statement may run (0: no limit); migrations run without it."""
-    connect_timeout: timedelta = attrs.field(
-        default=DEFAULT_CONNECT_TIMEOUT, validator=_positive_duration
-    )
-    """How long opening a server connection may take (PostgreSQL: whole seconds, at least
-    2, libpq's rule); ``health_check()`` answers within it."""
     auto_migrate: bool = True
     encryption_key: str | None = attrs.field(
         default=None,
@@ -284,17 +259,7 @@ class FullConfig:
     @classmethod
     def from_config(cls, config: Config) -> FullConfig:
         """The SQLite ``FullConfig`` equivalent to ``config``."""
-        return cls(
-            driver=DriverType.SQLITE,
-            path=config.path,
-            max_open_conns=config.max_open_conns,
-            max_idle_conns=config.max_idle_conns,
-            conn_max_lifetime=config.conn_max_lifetime,
-            pool_timeout=config.pool_timeout,
-            busy_timeout=config.busy_timeout,
-            statement_timeout=config.statement_timeout,
-            connect_timeout=config.connect_timeout,
-        )
+        return cls(driver=DriverType.SQLITE, **attrs.asdict(config, recurse=False))
 
 
 def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
