@@ -112,7 +112,7 @@ def test_two_distributions_claiming_one_name_is_an_error_naming_both(site: Path)
 
 SUPPORTED = "supports " + (
     f"version {STORAGE_API_VERSION}"
-    if MIN_STORAGE_API_VERSION == STORAGE_API_VERSION
+    if int(MIN_STORAGE_API_VERSION) == int(STORAGE_API_VERSION)
     else f"versions {MIN_STORAGE_API_VERSION} to {STORAGE_API_VERSION}"
 )
 

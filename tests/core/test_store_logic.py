@@ -15,7 +15,9 @@ import attrs
 import pytest
 
 from llm_proxy_db import (
+    AuditEvent,
     AuditEventFilter,
+    AuditEventNotFoundError,
     Project,
     ProjectExistsError,
     Token,
@@ -178,6 +180,46 @@ def test_search_escapes_with_the_dialects_character() -> None:
     where, params = statements.codec.audit_where(AuditEventFilter(search="50%_#x"))
     assert "ESCAPE '#'" in where and "\\" not in where
     assert params[0] == "%50#%#_##x%"
+
+
+def audit_row(event_id: str) -> tuple[Any, ...]:
+    return ("token.use", "proxy", "success", event_id, STAMP, *([None] * 10))
+
+
+def test_a_keyset_page_is_one_statement_and_only_an_empty_one_checks_the_id() -> None:
+    logic = StoreLogic(Statements(attrs.evolve(DIALECT, binary_collation=' COLLATE "C"')))
+    flt = AuditEventFilter(before_id="ev-9", limit=2)
+    log: list[str] = []
+    page = drive(logic.list_audit_events(flt), iter([[audit_row("ev-8")]]), log)
+    assert [e.id for e in page] == ["ev-8"] and log == ["SELECT"]
+    assert drive(logic.count_audit_events(flt), iter([[(3,)]]), log) == 3
+    assert log == ["SELECT", "SELECT"]
+    assert drive(logic.list_audit_events(flt), iter([[], [(1,)]]), []) == []
+    assert drive(logic.count_audit_events(flt), iter([[(0,)], [(1,)]]), []) == 0
+    for operation, empty in (
+        (logic.list_audit_events(flt), []),
+        (logic.count_audit_events(flt), [(0,)]),
+    ):
+        with pytest.raises(AuditEventNotFoundError) as missing:
+            drive(operation, iter([empty, []]), [])
+        assert missing.value.key == "ev-9"
+    where, params = logic.statements.codec.audit_where(flt)
+    assert 'id COLLATE "C" < ?' in where and params == ["ev-9"] * 3
+
+
+def test_matches_needs_the_before_id_event() -> None:
+    anchor = AuditEvent(id="ev-9", action="a", actor="b", outcome="success")
+    older = AuditEvent(
+        id="ev-1", action="a", actor="b", outcome="success", timestamp=anchor.timestamp
+    )
+    flt = AuditEventFilter(before_id="ev-9")
+    assert flt.matches(older, anchor) and not flt.matches(anchor, anchor)
+    for wrong in (None, older):
+        with pytest.raises(ValueError, match="before_id"):
+            flt.matches(older, wrong)
+    with pytest.raises(AuditEventNotFoundError):
+        flt.select([older])
+    assert flt.count([older, anchor]) == 1
 
 
 def test_steps_never_show_their_parameters() -> None:

@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,18 @@ def _pool(db: DB) -> ConnectionPool[Any]:
     backend = db._backend
     assert isinstance(backend, _backend.PostgresBackend)
     return backend._pool
+
+
+@contextmanager
+def _lent(db: DB) -> Iterator[psycopg.Connection[Any]]:
+    """A connection lent as the executor gets one: this thread's held one, or the pool's."""
+    backend = db._backend
+    assert isinstance(backend, _backend.PostgresBackend)
+    conn = backend._held.acquire()
+    try:
+        yield conn
+    finally:
+        backend._held.release(conn)
 
 
 def _idle_pool_size(db: DB) -> int:
@@ -306,15 +319,14 @@ def test_hot_path_increment_is_a_server_side_prepared_statement(
     db = single_connection_db
     project = db.create_project(_project("prepared"))
     token = db.create_token(Token(project_id=project.id)).token
-    pool = _pool(db)
-    with pool.connection() as conn:
+    with _lent(db) as conn:
         threshold = conn.prepare_threshold
     assert threshold is not None
     for _ in range(threshold + 2):
         db.increment_token_usage(token)
 
     # One pooled connection: the statement is prepared on the one we check out here.
-    with pool.connection() as conn:
+    with _lent(db) as conn:
         rows: list[Any] = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
     statements = [row[0] for row in rows]
     increments = [s for s in statements if s.startswith("UPDATE tokens SET request_count")]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,18 @@ def backend_of(db: DB) -> SQLiteBackend:
 
 def pool_of(db: DB) -> ConnectionPool:
     return backend_of(db)._pool
+
+
+@contextmanager
+def lent(db: DB) -> Iterator[Connection]:
+    """A connection lent as the backend's executor gets one: a thread's held connection
+    first, then the pool."""
+    held = backend_of(db)._held
+    conn = held.acquire()
+    try:
+        yield conn
+    finally:
+        held.release(conn)
 
 
 def pragmas(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -246,7 +259,6 @@ def test_pool_never_has_more_than_max_open_conns_connections(
     open_db: OpenDB, counter: ConnectionCounter
 ) -> None:
     db = open_db(max_open_conns=2, max_idle_conns=2)
-    pool = pool_of(db)
     project = db.create_project(Project(name="pooled", openai_api_key="sk-upstream"))
     token = db.create_token(Token(project_id=project.id))
 
@@ -264,9 +276,12 @@ def test_pool_never_has_more_than_max_open_conns_connections(
     assert 1 <= counter.max_alive <= 2
     assert counter.alive <= 2
 
-    # With both connections lent out, a third user waits until one comes back.
+    # With both connections lent out (the worker threads' held ones included: they are
+    # counted as lent), a third user waits until one comes back.
+    held = backend_of(db)._held
     done = threading.Event()
-    with pool.connection(), pool.connection():
+    first, second = held.acquire(), held.acquire()
+    try:
 
         def use_the_database() -> None:
             db.list_projects()
@@ -275,6 +290,9 @@ def test_pool_never_has_more_than_max_open_conns_connections(
         worker = threading.Thread(target=use_the_database)
         worker.start()
         assert not done.wait(0.3)
+    finally:
+        held.release(first)
+        held.release(second)
     worker.join(timeout=10)
     assert done.is_set()
     assert counter.max_alive <= 2
@@ -297,7 +315,7 @@ def test_failed_transaction_rolls_back_and_its_connection_is_reused(
 
     assert [p.name for p in db.list_projects()] == ["existing"]
     assert db.list_tokens() == []
-    with pool_of(db).connection() as conn:
+    with lent(db) as conn:
         assert not conn.in_transaction
     with db.transaction() as tx:  # the same (only) connection works for the next unit
         tx.create_project(Project(name="after", openai_api_key="sk-upstream"))
@@ -310,24 +328,23 @@ def test_conn_max_lifetime_retires_old_connections(
     open_db: OpenDB, counter: ConnectionCounter
 ) -> None:
     db = open_db(max_open_conns=2, max_idle_conns=2, conn_max_lifetime=0.2)
-    pool = pool_of(db)
     time.sleep(0.3)  # the connection that ran the migrations is now too old
     opened_before = len(counter.opened)
-    with pool.connection() as first:
+    with lent(db) as first:
         pass
-    with pool.connection() as again:
+    with lent(db) as again:
         assert again is first  # young: reused
     time.sleep(0.3)
-    with pool.connection() as later:
+    with lent(db) as later:
         assert later is not first  # too old: never handed out again
         assert later.execute("SELECT 1").fetchone() == (1,)
     assert len(counter.opened) == opened_before + 2
     with pytest.raises(sqlite3.ProgrammingError):
         first.execute("SELECT 1")  # retired connections are closed
     # Retired while in use: closed on return, not put back.
-    with pool.connection() as in_use:
+    with lent(db) as in_use:
         time.sleep(0.3)
-    with pool.connection() as fresh:
+    with lent(db) as fresh:
         assert fresh is not in_use
     assert len(counter.opened) == opened_before + 3
     assert counter.alive == 1

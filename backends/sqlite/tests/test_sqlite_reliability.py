@@ -18,8 +18,15 @@ from sqlite_support import OpenDB, raw_rows
 from llm_proxy_db import DatabaseError, Project, Token
 from llm_proxy_db.testing._forking import fork_children
 from llm_proxy_db_sqlite import SQLiteBackend
+from llm_proxy_db_sqlite._pool import Connection
 
 # -- fork safety -------------------------------------------------------------------------
+
+
+def unused_connections(backend: SQLiteBackend) -> list[Connection]:
+    """The backend's open connections not in use: idle in its pool, or held for a thread."""
+    held = [slot.conn for slot in backend._held._slots if slot.parked]
+    return [*backend._pool._idle, *held]
 
 
 def test_forked_children_open_their_own_connections(open_db: OpenDB, db_path: Path) -> None:
@@ -30,11 +37,11 @@ def test_forked_children_open_their_own_connections(open_db: OpenDB, db_path: Pa
         db.increment_token_usage(token.token)
     backend = db._backend
     assert isinstance(backend, SQLiteBackend)
-    parent_idle = list(backend._pool._idle)
-    assert parent_idle, "the parent's pool keeps an idle connection"
+    parent_idle = unused_connections(backend)
+    assert parent_idle, "the parent keeps an idle connection"
     reports = fork_children(db, children=4, tokens_each=100)
     # The parent's own connections are still its own, and still work.
-    assert backend._pool._idle[: len(parent_idle)] == parent_idle
+    assert set(parent_idle) <= set(unused_connections(backend))
     assert db.increment_token_usage(token.token).request_count == 11
     for report in reports:
         assert {t.token for t in db.list_tokens(report["project"])} == set(report["tokens"])
@@ -48,14 +55,14 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(
     project = db.create_project(Project(name="parent", openai_api_key="sk-test"))
     backend = db._backend
     assert isinstance(backend, SQLiteBackend)
-    inherited = {id(conn) for conn in backend._pool._idle}
+    inherited = {id(conn) for conn in unused_connections(backend)}
     assert inherited
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 when all is well
         code = 1
         try:
             db.create_project(Project(name="child", openai_api_key="sk-test"))
-            fresh = {id(conn) for conn in backend._pool._idle}
+            fresh = {id(conn) for conn in unused_connections(backend)}
             if fresh and not fresh & inherited:
                 code = 0
             db.close()  # must leave the parent's connections (and its WAL) alone
@@ -63,7 +70,7 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child used an inherited connection"
-    assert {id(conn) for conn in backend._pool._idle} == inherited
+    assert {id(conn) for conn in unused_connections(backend)} == inherited
     assert [p.name for p in db.list_projects()] == ["child", "parent"]
     assert db.get_project_by_id(project.id) == project
 

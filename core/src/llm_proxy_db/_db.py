@@ -8,13 +8,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _transaction_rule
+from ._compat import OlderBackend
 from ._config import Config, FullConfig, config_from_env
 from ._delegation import ForwardedStores, forwarding
 from ._encrypting import EncryptingBackend
 from ._encryption import Cipher
 from ._errors import ConfigError, DatabaseError, MigrationError
 from ._protocols import Stores
-from ._registry import BackendSpec, Capabilities, get_backend_spec, list_backends
+from ._registry import (
+    STORAGE_API_VERSION,
+    BackendSpec,
+    Capabilities,
+    get_backend_spec,
+    list_backends,
+)
 
 if TYPE_CHECKING:
     from ._protocols import Backend
@@ -198,6 +205,8 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
     except BaseException:
         backend.close()
         raise
+    if spec.api_version < STORAGE_API_VERSION:  # what the newer contract added, served
+        backend = OlderBackend(backend)
     if cipher is not None:  # only then: without a key, no layer and no cost
         backend = EncryptingBackend(backend, cipher)
     return DB(backend, config=config, backend_spec=spec, migrations=migrations)

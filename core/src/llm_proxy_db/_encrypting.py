@@ -10,14 +10,13 @@ forwarding (:mod:`._delegation`). Without a key nothing is installed and nothing
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from ._delegation import ForwardedStores, forwarding
 from ._encryption import Cipher
+from ._layers import BackendLayer
 from ._models import Project, trusted_project
 from ._protocols import Stores
 
@@ -79,7 +78,7 @@ class EncryptingStores(_PassThrough):
         return f"<{type(self).__name__} {self._cipher!r} over {self._inner!r}>"
 
 
-class EncryptingBackend(EncryptingStores):
+class EncryptingBackend(BackendLayer, EncryptingStores):
     """A backend wrapped by :class:`EncryptingStores`, its transactions' stores included.
 
     Anything else the backend offers (``migration_connection``, a test double's extras) is
@@ -88,37 +87,18 @@ class EncryptingBackend(EncryptingStores):
 
     __slots__ = ()
 
-    _inner: Backend
+    _own = ("_inner", "_cipher")
 
     def __init__(self, inner: Backend, cipher: Cipher) -> None:
         super().__init__(inner, cipher)
-
-    @property
-    def inner(self) -> Backend:
-        """The backend this layer wraps (stored values as they are, encrypted)."""
-        return self._inner
 
     @property
     def cipher(self) -> Cipher:
         """The keys this layer encrypts and decrypts with."""
         return self._cipher
 
-    def close(self) -> None:
-        self._inner.close()
-
-    def health_check(self, *args: Any, **kwargs: Any) -> None:
-        # Any options a backend's check takes (a deep check, say) pass through unchanged.
-        self._inner.health_check(*args, **kwargs)
-
-    @contextmanager
-    def transaction(self) -> Iterator[Stores]:
-        with self._inner.transaction() as stores:
-            yield EncryptingStores(stores, self._cipher)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_inner", "_cipher"):
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    def layered(self, stores: Stores) -> Stores:
+        return EncryptingStores(stores, self._cipher)
 
 
 def unwrapped(db: DB) -> Backend:

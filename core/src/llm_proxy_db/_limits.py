@@ -89,6 +89,7 @@ TEXT_LIMITS: Final[dict[str, int]] = {
     "reason": MAX_TEXT,
     "openai_api_key": MAX_KEY,
     "search": MAX_SEARCH,
+    "before_id": MAX_ID,
 }
 """The longest value of each text field, in characters (filters share their field's)."""
 

@@ -19,6 +19,7 @@ import attrs
 
 from ._clock import utcnow
 from ._errors import (
+    AuditEventNotFoundError,
     ProjectInactiveError,
     TokenExpiredError,
     TokenInactiveError,
@@ -275,7 +276,13 @@ class AuditEventFilter:
     Every field left at None matches everything. ``start_time`` is inclusive and
     ``end_time`` exclusive; ``search`` is a case-insensitive substring matched literally
     against action, actor, request_id, correlation_id, client_ip, method, path, reason and
-    metadata. ``limit``/``offset`` page the newest-first list.
+    metadata. ``limit``/``offset`` page the newest-first list (newest timestamp first, ties
+    by id descending, by code point).
+
+    ``before_id`` pages by key: only events after that event in the list's order (older, or
+    as old with a smaller id) are listed or counted, so the next page starts at the last id
+    of this one at the cost of the first page (an unknown id is
+    ``AuditEventNotFoundError``). It combines with every other field, ``offset`` included.
     """
 
     action: str | None = attrs.field(default=None, validator=_optional_str)
@@ -298,9 +305,21 @@ class AuditEventFilter:
     search: str | None = attrs.field(default=None, validator=_optional_str)
     limit: int | None = attrs.field(default=None, validator=_optional_int_at_least(1, MAX_PAGE))
     offset: int = attrs.field(default=0, validator=_int_at_least(0, MAX_PAGE))
+    before_id: str | None = attrs.field(default=None, validator=_optional_str)
 
-    def matches(self, event: AuditEvent) -> bool:
-        """Whether ``event`` passes every condition of this filter (paging aside)."""
+    def matches(self, event: AuditEvent, before: AuditEvent | None = None) -> bool:
+        """Whether ``event`` passes every condition of this filter (``limit``/``offset``
+        aside). With ``before_id`` set, ``before`` must be the event it names (a
+        ``ValueError`` otherwise): ``event`` then matches only if it comes after ``before``
+        in the list's order."""
+        if self.before_id is not None:
+            if before is None or before.id != self.before_id:
+                raise ValueError(
+                    f"before_id is {self.before_id!r}: matches() needs that event as before "
+                    f"(got {'None' if before is None else repr(before.id)})"
+                )
+            if (event.timestamp, event.id) >= (before.timestamp, before.id):
+                return False
         for name in EXACT_FILTER_FIELDS:
             wanted = getattr(self, name)
             if wanted is not None and getattr(event, name) != wanted:
@@ -317,14 +336,34 @@ class AuditEventFilter:
         return True
 
     def select(self, events: Iterable[AuditEvent]) -> list[AuditEvent]:
-        """The matching events, newest first (ties by id descending), paged."""
+        """The matching events, newest first (ties by id descending), paged: what
+        ``list_audit_events`` returns from a store holding ``events``. The ``before_id``
+        event is looked up among ``events`` (``AuditEventNotFoundError`` if absent)."""
+        events, before = self._anchored(events)
         found = sorted(
-            (e for e in events if self.matches(e)),
+            (e for e in events if self.matches(e, before)),
             key=lambda e: (e.timestamp, e.id),
             reverse=True,
         )
         end = None if self.limit is None else self.offset + self.limit
         return found[self.offset : end]
+
+    def count(self, events: Iterable[AuditEvent]) -> int:
+        """How many of ``events`` match (``limit``/``offset`` aside): what
+        ``count_audit_events`` returns from a store holding ``events``."""
+        events, before = self._anchored(events)
+        return sum(1 for e in events if self.matches(e, before))
+
+    def _anchored(
+        self, events: Iterable[AuditEvent]
+    ) -> tuple[Iterable[AuditEvent], AuditEvent | None]:
+        if self.before_id is None:
+            return events, None
+        events = list(events)
+        for event in events:
+            if event.id == self.before_id:
+                return events, event
+        raise AuditEventNotFoundError.for_id(self.before_id)
 
 
 EXACT_FILTER_FIELDS: Final = (

@@ -38,10 +38,14 @@ __all__ = [
 
 PROJECT_NAME: Final = "llm_proxy_db"
 ENTRY_POINT_GROUP: Final = "llm_proxy_db.backends"
-STORAGE_API_VERSION: Final = 2
+STORAGE_API_VERSION: Final = 3
 """The newest storage API this core implements: the version of the backend-author interface
 (``BackendSpec``, the ``Backend`` protocol, the error classes, ``llm_proxy_db.sql``), bumped
-whenever that interface changes. A backend written for a newer one is refused."""
+whenever that interface changes. A backend written for a newer one is refused; one written
+for an older one (down to :data:`MIN_STORAGE_API_VERSION`) gets what was added served by
+the core. Version 3: ``AuditEventFilter.before_id`` (keyset paging) and
+``DbApiExecutor(connections)`` (``acquire``/``release``/``give_back``; a version-2
+``checkout`` callable is still taken)."""
 MIN_STORAGE_API_VERSION: Final = 2
 """The oldest storage API this core still implements; a backend written for an older one is
 refused. Backends declare the version they were written for in ``BackendSpec.api_version``."""

@@ -17,7 +17,7 @@ def _open(config: FullConfig) -> Backend:
 def llm_proxy_db_backends() -> Iterator[BackendSpec]:
     yield BackendSpec(
         name="memory",
-        api_version=2,  # the storage API this backend is written for (not the core's)
+        api_version=3,  # the storage API this backend is written for (not the core's)
         factory=_open,
         capabilities=Capabilities(),
         description="In-process dicts: tests and prototyping; nothing persists",

@@ -23,6 +23,7 @@ from llm_proxy_db import ConfigError, DatabaseError, FullConfig, MigrationError,
 from llm_proxy_db.sql import (
     DbApiExecutor,
     DbApiMigrationConnection,
+    HeldConnections,
     IntegrityViolation,
     SqlBackend,
     Statements,
@@ -302,17 +303,27 @@ class _PoolConnection(psycopg.Connection[Any]):
             except IndexError:  # another pool worker took it
                 break
             if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
-                return conn
+                return conn  # stamped when the probe opened it
             conn.close()
         if breaker is None:
-            return super().connect(conninfo, **kwargs)
+            return _stamped(super().connect(conninfo, **kwargs))
         try:
             conn = super().connect(conninfo, **kwargs)
         except psycopg.Error as exc:
             breaker.failed(exc)
             raise
         breaker.succeeded()
-        return conn
+        return _stamped(conn)
+
+
+_OPENED_AT = "_llm_proxy_db_opened_at"
+"""Where a connection keeps the ``time.monotonic()`` of its opening (psycopg_pool starts
+its lifetime then)."""
+
+
+def _stamped(conn: Any) -> Any:
+    setattr(conn, _OPENED_AT, time.monotonic())
+    return conn
 
 
 _BACKENDS: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
@@ -371,6 +382,45 @@ def _untimed(conn: psycopg.Connection[Any]) -> Iterator[None]:
             conn.execute("RESET lock_timeout")
 
 
+class _PoolAdapter:
+    """This process's ``psycopg_pool`` as the :class:`HeldConnections`'s pool (the
+    backend's pool is replaced in a forked child)."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self._backend = backend
+
+    def acquire(self) -> Any:
+        return self._backend._pool.getconn(_CHECKOUT_TIMEOUT.get())
+
+    def release(self, conn: psycopg.Connection[Any]) -> None:
+        # putconn rolls back a transaction left open and discards a broken connection.
+        self._backend._pool.putconn(conn)
+
+
+class _Lender:
+    """The executor's connections: each thread's held one (no pool checkout per call),
+    after the fork and circuit-breaker checks every call makes."""
+
+    __slots__ = ("_backend", "_held", "give_back", "release")
+
+    def __init__(self, backend: PostgresBackend, held: HeldConnections[Any]) -> None:
+        self._backend = backend
+        self._held = held
+        self.release = held.release
+        self.give_back = held.give_back
+
+    def acquire(self) -> Any:
+        backend = self._backend
+        if backend._reopen:
+            backend._open_after_fork()
+        breaker = backend._breaker
+        if breaker.reason is not None and (down := breaker.error()) is not None:
+            raise down  # the server is known to be down: fail now, not after pool_timeout
+        return self._held.acquire()
+
+
 class PostgresBackend(SqlBackend):
     """A ``Backend`` on a PostgreSQL database (or one schema of it).
 
@@ -419,8 +469,17 @@ class PostgresBackend(SqlBackend):
         self._pool: ConnectionPool[Any] = ConnectionPool(self._url, **self._pool_settings)
         self._reopen = False  # set in a forked child: open a new pool on the first call
         self._fork_lock = threading.Lock()
+        # A thread keeps the connection it used last, at most max_idle_conns of them, each
+        # back through the pool at least every second and before psycopg_pool's lifetime
+        # (max_lifetime less its 5 % jitter) ends.
+        lifetime = 0.95 * config.conn_max_lifetime.total_seconds()
+        self._held: HeldConnections[Any] = HeldConnections(
+            _PoolAdapter(self),
+            hold=min(config.max_idle_conns, config.max_open_conns),
+            expires=lambda conn: getattr(conn, _OPENED_AT, 0.0) + lifetime,
+        )
         executor = DbApiExecutor(
-            self._connection,
+            _Lender(self, self._held),
             dialect=POSTGRES,
             driver_error=psycopg.Error,
             translate=self._translate,
@@ -442,7 +501,7 @@ class PostgresBackend(SqlBackend):
         then only say that no connection was free): a ``TransientError`` when a retry may
         cure it (refused, unreachable, too many connections), else ``DatabaseError``."""
         try:
-            probe = psycopg.connect(self._url, **self._connect_kwargs)
+            probe = _stamped(psycopg.connect(self._url, **self._connect_kwargs))
             self._adopt.append(probe)  # the pool's first connection
             return
         except psycopg.Error as exc:
@@ -468,6 +527,7 @@ class PostgresBackend(SqlBackend):
                 getattr(exc, "sqlstate", None) or "none",
             )
             try:
+                self._held.drain()  # parked connections back, so the check sees them
                 self._pool.check()
             except Exception as check_error:
                 _log.debug("the pool check failed: %s", type(check_error).__name__)
@@ -511,14 +571,6 @@ class PostgresBackend(SqlBackend):
             conn.execute("SELECT 1")
         self._breaker.succeeded()
 
-    def _connection(self) -> Any:
-        """The executor's checkout: a connection of this process's pool."""
-        if self._reopen:
-            self._open_after_fork()
-        if self._breaker.reason is not None and (down := self._breaker.error()) is not None:
-            raise down  # the server is known to be down: fail now, not after pool_timeout
-        return self._pool.connection(_CHECKOUT_TIMEOUT.get())
-
     def _after_fork(self) -> None:
         # In the child, from os.register_at_fork: no I/O here, and nothing of the parent's
         # pool is touched (its worker threads do not exist in the child).
@@ -547,6 +599,7 @@ class PostgresBackend(SqlBackend):
     def close(self) -> None:
         self._reopen = False
         self._breaker.close()
+        self._held.close()
         self._pool.close()
         while self._adopt:
             self._adopt.pop().close()

@@ -18,7 +18,7 @@ def _open(config: FullConfig) -> Backend:
 def llm_proxy_db_backends() -> Iterator[BackendSpec]:
     yield BackendSpec(
         name="postgres",
-        api_version=2,  # the storage API this backend is written for (not the core's)
+        api_version=3,  # the storage API this backend is written for (not the core's)
         factory=_open,
         capabilities=Capabilities(persistent=True, multi_process=True, migrations=True),
         description="PostgreSQL via psycopg 3 and psycopg_pool (DATABASE_URL)",

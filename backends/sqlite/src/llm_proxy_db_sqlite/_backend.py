@@ -20,6 +20,7 @@ from llm_proxy_db.sql import (
     DbApiExecutor,
     DbApiMigrationConnection,
     Dialect,
+    HeldConnections,
     IntegrityViolation,
     SqlBackend,
     Statements,
@@ -199,6 +200,13 @@ class SQLiteBackend(SqlBackend):
             timeout=config.pool_timeout.total_seconds(),
             shared=in_memory,
         )
+        # Each thread keeps the connection it used last (no pool round per call), at most
+        # max_idle_conns of them: a held connection waiting for its thread is an idle one.
+        self._held = HeldConnections(
+            self._pool,
+            hold=self._pool.max_idle,
+            expires=self._pool.expires,
+        )
         options: dict[str, Any] = {
             "dialect": dialect,
             "driver_error": sqlite3.Error,
@@ -207,10 +215,10 @@ class SQLiteBackend(SqlBackend):
         }
         executor: DbApiExecutor[Connection]
         if self._statement_timeout > 0:
-            executor = _TimedExecutor(self._pool.connection, **options)
+            executor = _TimedExecutor(self._held, **options)
             executor.limit = self._statement_timeout
         else:  # the plain executor: no deadline kept per statement
-            executor = DbApiExecutor(self._pool.connection, **options)
+            executor = DbApiExecutor(self._held, **options)
         super().__init__(executor, Statements(dialect))
         self._in_memory = in_memory
 
@@ -319,6 +327,7 @@ class SQLiteBackend(SqlBackend):
         return self._shared
 
     def close(self) -> None:
+        self._held.close()
         self._pool.close()
         if self._in_memory:
             self._shared.close()

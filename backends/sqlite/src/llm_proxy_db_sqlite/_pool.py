@@ -101,6 +101,15 @@ class ConnectionPool:
         self._idle = []
         self._open = 0
 
+    @property
+    def max_idle(self) -> int:
+        """How many connections may stay open unused."""
+        return min(self._max_idle, self._max_open)
+
+    def expires(self, conn: Connection) -> float:
+        """When ``conn`` passes ``max_lifetime`` (``time.monotonic()`` seconds)."""
+        return conn.opened_at + self._max_lifetime
+
     def connection(self) -> _Checkout:
         """A context manager lending one connection."""
         return _Checkout(self)
@@ -212,6 +221,9 @@ class ConnectionPool:
             )
         conn.close()
         self._forget_one()
+
+    give_back = release
+    """After a failure the same checks apply: rolled back, or discarded if that fails."""
 
     def _forget_one(self) -> None:
         with self._lock:

@@ -65,6 +65,7 @@ def _event_filter(
     search: str | None,
     limit: int | None = None,
     offset: int = 0,
+    before_id: str | None = None,
 ) -> AuditEventFilter:
     project_id = None
     if project_ref is not None:
@@ -82,6 +83,7 @@ def _event_filter(
         search=search,
         limit=limit,
         offset=offset,
+        before_id=before_id,
     )
 
 
@@ -95,6 +97,17 @@ def _event_filter(
     help="At most this many events.",
 )
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first.")
+@click.option(
+    "--before",
+    "before_id",
+    metavar="ID",
+    help="Only events after event ID in this order: the next page after ID (as fast as the first).",
+)
+@click.option(
+    "--paged",
+    is_flag=True,
+    help='With --json: print {"events": [...], "next_before": ID or null} instead of the list.',
+)
 @json_option
 @pass_state
 def list_(
@@ -108,8 +121,16 @@ def list_(
     search: str | None,
     limit: int,
     offset: int,
+    before_id: str | None,
+    paged: bool,
 ) -> None:
-    """List matching events, newest first (PROJECT shows the name while the project exists)."""
+    """List matching events, newest first (PROJECT shows the name while the project exists).
+
+    Page through many events with --before: pass the last ID of one page to get the next
+    (unlike --offset, a deep page costs no more than the first). With --json --paged the
+    document is {"events": [...], "next_before": ID}: next_before is the last event's id
+    when the page is full (there may be more), null when it is not (the last page).
+    """
     event_filter = _event_filter(
         state,
         action=action,
@@ -121,10 +142,16 @@ def list_(
         search=search,
         limit=limit,
         offset=offset,
+        before_id=before_id,
     )
     events = state.db().list_audit_events(event_filter)
     if state.json:
-        echo_document([event_document(event) for event in events])
+        documents = [event_document(event) for event in events]
+        if paged:
+            next_before = events[-1].id if len(events) == limit else None
+            echo_document({"events": documents, "next_before": next_before})
+        else:
+            echo_document(documents)
         return
     if not events:
         click.echo("No matching audit events.")

@@ -3,7 +3,8 @@ timestamp codecs and the goose-compatible migration runner.
 
 This module is part of the backend-author interface (versioned by
 ``llm_proxy_db.STORAGE_API_VERSION``). A SQL backend supplies a :class:`Dialect` (its
-differences as data), a connection pool, a ``translate`` function mapping its driver's
+differences as data), a connection pool (with :class:`HeldConnections` in front of it: a
+thread keeps its connection between calls), a ``translate`` function mapping its driver's
 exceptions onto the core's errors, and executors (:class:`DbApiExecutor` and
 :class:`AsyncDbApiExecutor` fit DB-API drivers); the store logic is here, once, and runs
 on either executor.
@@ -15,6 +16,7 @@ from .._models import fold_case
 from ._dialect import Dialect
 from ._execute import AsyncDbApiExecutor, AsyncExecutor, DbApiExecutor, Executor
 from ._goose import Migration, load_migrations, parse_migration
+from ._holding import Connections, HeldConnections, Pool
 from ._integrity import IntegrityViolation, Translate, ViolationKind
 from ._logic import StoreLogic
 from ._migrate import (
@@ -38,11 +40,13 @@ __all__ = [
     "AsyncDbApiExecutor",
     "AsyncExecutor",
     "AsyncSqlStores",
+    "Connections",
     "DbApiExecutor",
     "DbApiMigrationConnection",
     "Dialect",
     "Executor",
     "Flow",
+    "HeldConnections",
     "IntegrityViolation",
     "Migration",
     "MigrationConnection",
@@ -50,6 +54,7 @@ __all__ = [
     "MigrationTarget",
     "Migrations",
     "Operation",
+    "Pool",
     "RowCodec",
     "SqlBackend",
     "SqlStores",

@@ -39,6 +39,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .._errors import DatabaseError, TransientError
 from ._dialect import Dialect
+from ._holding import Connections
 from ._integrity import IntegrityViolation, Translate
 from ._operation import OPERATION_TYPES, Flow, Operation, Step, Steps
 
@@ -97,10 +98,31 @@ def _violation(error: DatabaseError, step: Step[Any]) -> DatabaseError:
     return error
 
 
+class _CheckoutConnections(Generic[C]):
+    """A storage-API-2 ``checkout()`` (a callable returning a context manager that lends
+    a connection) as :class:`~._holding.Connections`."""
+
+    def __init__(self, checkout: Callable[[], AbstractContextManager[C]]) -> None:
+        self._checkout = checkout
+        self._lent: dict[int, AbstractContextManager[C]] = {}
+
+    def acquire(self) -> C:
+        manager = self._checkout()
+        conn = manager.__enter__()
+        self._lent[id(conn)] = manager
+        return conn
+
+    def release(self, conn: C) -> None:
+        self._lent.pop(id(conn)).__exit__(None, None, None)
+
+    give_back = release
+
+
 class DbApiExecutor(Generic[C]):
-    """A blocking executor over connections lent by ``checkout()`` (a context manager
-    yielding a DB-API connection in autocommit mode: sqlite3 with ``isolation_level=None``,
-    psycopg with ``autocommit=True``).
+    """A blocking executor over DB-API connections in autocommit mode (sqlite3 with
+    ``isolation_level=None``, psycopg with ``autocommit=True``), lent by ``connections``:
+    a pool, or :class:`~._holding.HeldConnections` in front of one (``acquire()`` and
+    ``release(conn)``; driver errors of either are translated).
 
     One connection serves one operation: a single statement commits on its own; an atomic
     flow runs between ``dialect.begin_write`` and ``COMMIT``. :meth:`transaction` lends one
@@ -113,14 +135,23 @@ class DbApiExecutor(Generic[C]):
 
     def __init__(
         self,
-        checkout: Callable[[], AbstractContextManager[C]],
+        connections: Connections[C] | Callable[[], AbstractContextManager[C]],
         *,
         dialect: Dialect,
         driver_error: type[Exception],
         translate: Translate,
         transaction_aborted: TransactionAborted | None = None,
     ) -> None:
-        self._checkout = checkout
+        lender: Connections[C] = (
+            connections  # type: ignore[assignment]
+            if hasattr(connections, "acquire")
+            else _CheckoutConnections(connections)  # storage API 2: checkout()
+        )
+        self._acquire = lender.acquire
+        self._release = lender.release
+        self._give_back = lender.give_back
+        self._plain = type(self).statement is DbApiExecutor.statement
+        """``statement`` is not overridden: :meth:`run` calls ``conn.execute`` itself."""
         self._begin: Step[None] = Step(dialect.begin_write, rows=False)
         self._driver_error = driver_error
         self._translate = translate
@@ -144,18 +175,42 @@ class DbApiExecutor(Generic[C]):
         """Carry out ``operation`` on a connection of its own."""
         # What _lend() does, written out: the hot path pays no generator-based context.
         try:
-            with self._checkout() as conn:
-                return self._perform(conn, operation, False)  # type: ignore[no-any-return]
-        except self._driver_error as exc:  # lending or returning the connection failed
+            conn = self._acquire()
+        except self._driver_error as exc:  # lending the connection failed
             error = self._translate(exc)
-        raise error
+        else:
+            try:
+                if operation.__class__ is not Step:
+                    value = self._perform(conn, operation, False)
+                else:  # the hot path: _perform and _statement written out for one step
+                    step = operation
+                    failed: DatabaseError | None = None
+                    try:
+                        if self._plain:
+                            cursor = conn.execute(step.sql, step.params)  # type: ignore[attr-defined]
+                            result = cursor.fetchall() if step.rows else cursor.rowcount
+                        else:
+                            result = self.statement(conn, step.sql, step.params, step.rows)
+                    except self._driver_error as exc:
+                        failed = self._step_error(exc, step)
+                    if failed is not None:
+                        raise failed  # outside the except block: no driver exception as context
+                    value = step.decode(result, step.subject)
+                    if value.__class__ in OPERATION_TYPES:
+                        value = self._perform(conn, cast("Operation[Any]", value), False)
+            except BaseException:
+                self._give_back(conn)  # in whatever state the failure left it
+                raise
+            self._release(conn)
+            return value  # type: ignore[no-any-return]
+        raise error  # outside the except block: no driver exception as context
 
     @contextmanager
     def transaction(self) -> Iterator[Executor]:
         """One connection for the block, between ``begin_write`` and ``COMMIT``; rolled
         back if the block raises. ``COMMIT`` of a transaction the server aborted raises
         ``TransientError``."""
-        with self._lend() as conn:
+        with self._lend(kept_clean=True) as conn:
             self._statement(conn, self._begin)
             try:
                 yield _BoundExecutor(self, conn)
@@ -174,24 +229,40 @@ class DbApiExecutor(Generic[C]):
     # -- internals -------------------------------------------------------------------------
 
     @contextmanager
-    def _lend(self) -> Iterator[C]:
-        error: DatabaseError | None = None
+    def _lend(self, *, kept_clean: bool = False) -> Iterator[C]:
+        """A connection for a block. ``kept_clean``: the block leaves it as lent when it
+        ends normally (the executor's own transactions), so it may be held on; otherwise
+        it goes back to the pool's checks."""
         try:
-            with self._checkout() as conn:
-                yield conn
+            conn = self._acquire()
         except self._driver_error as exc:
             error = self._translate(exc)
-        if error is not None:
-            raise error  # outside the except block: no driver exception as context
+        else:
+            try:
+                yield conn
+            except BaseException:
+                self._give_back(conn)  # in whatever state the failure left it
+                raise
+            if kept_clean:
+                self._release(conn)
+            else:
+                self._give_back(conn)
+            return
+        raise error  # outside the except block: no driver exception as context
 
     def _statement(self, conn: C, step: Step[Any]) -> Any:
         try:
             return self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
-            error = _violation(self._translate(exc), step)
+            error = self._step_error(exc, step)
+        raise error
+
+    def _step_error(self, exc: Exception, step: Step[Any]) -> DatabaseError:
+        """The library error for a driver exception of ``step``."""
+        error = _violation(self._translate(exc), step)
         if step.in_doubt is not None and isinstance(error, TransientError):
             error = _in_doubt(error, step.in_doubt)
-        raise error
+        return error
 
     def _rollback(self, conn: C) -> None:
         with suppress(Exception):  # the block's own error is the one to report
@@ -226,7 +297,7 @@ class DbApiExecutor(Generic[C]):
                 step = operation
                 value = step.decode(self._statement(conn, step), step.subject)
             else:
-                value = self._flow(conn, cast(Flow[Any], operation), in_transaction)
+                value = self._flow(conn, cast("Flow[Any]", operation), in_transaction)
             if value.__class__ not in OPERATION_TYPES:
                 return value
             operation = cast("Operation[Any]", value)
@@ -390,7 +461,7 @@ class AsyncDbApiExecutor(Generic[C]):
                 step = operation
                 value = step.decode(await self._statement(conn, step), step.subject)
             else:
-                value = await self._flow(conn, cast(Flow[Any], operation), in_transaction)
+                value = await self._flow(conn, cast("Flow[Any]", operation), in_transaction)
             if value.__class__ not in OPERATION_TYPES:
                 return value
             operation = cast("Operation[Any]", value)

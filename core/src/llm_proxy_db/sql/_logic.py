@@ -211,12 +211,17 @@ class StoreLogic:
         if filter is not None and (filter.limit is not None or filter.offset):
             sql += " LIMIT ? OFFSET ?"
             params += [_NO_LIMIT if filter.limit is None else filter.limit, filter.offset]
-        return Step(self._s.sql(sql), params, decode=self._events)
+        if filter is None or filter.before_id is None:
+            return Step(self._s.sql(sql), params, decode=self._events)
+        # Keyset paging: one statement; only an empty page asks whether the id exists.
+        return Step(self._s.sql(sql), params, decode=self._events_after, subject=filter.before_id)
 
     def count_audit_events(self, filter: AuditEventFilter | None = None) -> Operation[int]:
         where, params = self._codec.audit_where(filter)
         sql = self._s.sql(f"SELECT COUNT(*) FROM audit_events{where}")
-        return Step(sql, params, decode=_first_int)
+        if filter is None or filter.before_id is None:
+            return Step(sql, params, decode=_first_int)
+        return Step(sql, params, decode=self._counted_after, subject=filter.before_id)
 
     def stats(self) -> Operation[Stats]:
         return Flow(self._stats)
@@ -369,6 +374,17 @@ class StoreLogic:
         decode = self._codec.audit_event
         return [decode(row) for row in rows]
 
+    def _events_after(self, rows: list[Any], before_id: str) -> list[AuditEvent] | Step[Any]:
+        if rows:
+            return self._events(rows, None)
+        return Step(self._s.audit_exists, (before_id,), decode=_no_events, subject=before_id)
+
+    def _counted_after(self, rows: list[Any], before_id: str) -> int | Step[Any]:
+        count = _first_int(rows, None)
+        if count:
+            return count
+        return Step(self._s.audit_exists, (before_id,), decode=_none_counted, subject=before_id)
+
 
 def _subject(count: int, subject: Any) -> Any:
     return subject
@@ -380,6 +396,19 @@ def _count(count: int, subject: Any) -> int:
 
 def _first_int(rows: list[Any], subject: None) -> int:
     return int(rows[0][0])
+
+
+def _no_events(rows: list[Any], before_id: str) -> list[AuditEvent]:
+    """After an empty keyset page: empty if the ``before_id`` event exists."""
+    if not rows:
+        raise AuditEventNotFoundError.for_id(before_id)
+    return []
+
+
+def _none_counted(rows: list[Any], before_id: str) -> int:
+    if not rows:
+        raise AuditEventNotFoundError.for_id(before_id)
+    return 0
 
 
 def _project_deleted(count: int, project_id: str) -> None:

@@ -6,9 +6,8 @@ built. Columns are selected in the models' field order so rows feed the trusted 
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._limits import MAX_COUNT
@@ -20,11 +19,9 @@ from .._models import (
     Project,
     Token,
     metadata_text,
-    trusted_audit_event,
-    trusted_project,
-    trusted_token,
 )
 from ._dialect import Dialect
+from ._rows import Kind, row_decoder
 
 __all__ = ["RowCodec", "Statements"]
 
@@ -38,48 +35,51 @@ AUDIT_COLUMNS = (
     "client_ip, method, path, user_agent, reason, token_id, metadata"
 )
 
+_PROJECT_KINDS: tuple[Kind, ...] = (
+    "value",
+    "value",
+    "value",
+    "bool",
+    "optional_time",
+    "time",
+    "time",
+)
+_TOKEN_KINDS: tuple[Kind, ...] = (
+    "value",
+    "value",
+    "optional_time",
+    "bool",
+    "optional_time",
+    "value",
+    "value",
+    "time",
+    "optional_time",
+    "count",
+)
+_AUDIT_KINDS: tuple[Kind, ...] = ("value",) * 4 + ("time",) + ("value",) * 9 + ("json",)
+
 
 class RowCodec:
     """Models to statement parameters and rows back to models, for one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.encode_time = dialect.encode_time
-        self._decode_time = dialect.decode_time
         self._dialect = dialect
+        decode_time = dialect.decode_time
+        self.project: Callable[[Sequence[Any]], Project] = row_decoder(
+            Project, _PROJECT_KINDS, decode_time
+        )
+        """A ``projects`` row (:data:`PROJECT_COLUMNS`) as a ``Project``."""
+        self.token: Callable[[Sequence[Any]], Token] = row_decoder(Token, _TOKEN_KINDS, decode_time)
+        """A ``tokens`` row (:data:`TOKEN_COLUMNS`) as a ``Token``."""
+        self.audit_event: Callable[[Sequence[Any]], AuditEvent] = row_decoder(
+            AuditEvent, _AUDIT_KINDS, decode_time
+        )
+        """An ``audit_events`` row (:data:`AUDIT_COLUMNS`) as an ``AuditEvent``."""
         self._search_sql = " OR ".join(
             f"LOWER({name}) LIKE ? ESCAPE '{dialect.like_escape}'" for name in SEARCHED_FIELDS
         )
-
-    def _time(self, value: Any) -> Any:
-        return None if value is None else self._decode_time(value)
-
-    def project(self, row: Sequence[Any]) -> Project:
-        name, key, id_, active, deactivated, created, updated = row
-        dt = self._decode_time
-        return trusted_project(
-            name, key, id_, bool(active), self._time(deactivated), dt(created), dt(updated)
-        )
-
-    def token(self, row: Sequence[Any]) -> Token:
-        project_id, token, expires, active, deactivated, count, limit, created, used, hits = row
-        return trusted_token(
-            project_id,
-            token,
-            self._time(expires),
-            bool(active),
-            self._time(deactivated),
-            count,
-            limit,
-            self._decode_time(created),
-            self._time(used),
-            hits or 0,
-        )
-
-    def audit_event(self, row: Sequence[Any]) -> AuditEvent:
-        values = list(row)
-        values[4] = self._decode_time(values[4])
-        values[14] = None if values[14] is None else json.loads(values[14])
-        return trusted_audit_event(*values)
+        self._before_sql = _BEFORE.format(id=dialect.binary_order("id"))
 
     def project_params(self, p: Project) -> tuple[Any, ...]:
         enc = self.encode_time
@@ -148,7 +148,20 @@ class RowCodec:
         if flt.search is not None:
             clauses.append(f"({self._search_sql})")
             params.extend([self._dialect.like_pattern(flt.search)] * len(SEARCHED_FIELDS))
+        if flt.before_id is not None:
+            clauses.append(self._before_sql)
+            params.extend([flt.before_id] * 3)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+_ANCHOR_TIME = "(SELECT timestamp FROM audit_events WHERE id = ?)"
+_BEFORE = f"timestamp <= {_ANCHOR_TIME} AND (timestamp < {_ANCHOR_TIME} OR {{id}} < ?)"
+"""``AuditEventFilter.before_id``: the rows after the named one in the list's order, compared
+with its stored timestamp (whatever text form another writer gave it, as ORDER BY sees it)
+and its id by code point. The leading ``timestamp <= ...`` is what lets SQLite, PostgreSQL
+and MySQL seek the ``(timestamp, id)`` indexes (the plain OR form scans on SQLite; MySQL
+does not range-scan a row-value inequality). An unknown id makes the subquery NULL: no rows
+match, and the store logic then checks whether the id exists."""
 
 
 def _insert(table: str, columns: str) -> str:
@@ -180,6 +193,7 @@ class Statements:
     token_exists: str
     insert_audit: str
     get_audit: str
+    audit_exists: str
     stats: str
     audit_order: str
     """The ORDER BY clause of audit listings (newest first, id as the tiebreak, by code
@@ -260,6 +274,7 @@ _STATEMENTS: dict[str, str] = {
     "token_exists": "SELECT 1 FROM tokens WHERE token = ?",
     "insert_audit": _insert("audit_events", AUDIT_COLUMNS),
     "get_audit": f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id = ?",
+    "audit_exists": "SELECT 1 FROM audit_events WHERE id = ?",
     "stats": (
         "SELECT (SELECT COUNT(*) FROM projects), "
         "(SELECT COUNT(*) FROM projects WHERE is_active), "

@@ -18,14 +18,11 @@ _UTC = UTC
 
 def encode_text_timestamp(value: datetime) -> str:
     """``value`` (aware) as UTC text in the Go driver's layout."""
-    value = value.astimezone(_UTC)
-    text = (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
-    )
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + "+00:00"
+    if value.tzinfo is not _UTC:
+        value = value.astimezone(_UTC)
+    if value.microsecond:  # isoformat writes six digits: trim the trailing zeros
+        return value.isoformat(" ")[:-6].rstrip("0") + "+00:00"
+    return value.isoformat(" ")
 
 
 def decode_text_timestamp(text: str) -> datetime:

@@ -287,3 +287,102 @@ class AuditTests(ConformanceBase):
                 f"count_audit_events({flt}) must ignore limit and offset"
             )
         assert len(db.list_audit_events(AuditEventFilter(outcome="failure", limit=2))) == 2
+
+    # -- keyset paging (before_id) ---------------------------------------------------------
+
+    def given_keyset_events(self, db: DB) -> list[AuditEvent]:
+        """Events with timestamp ties and ids that differ by case or code point only: the
+        full list, newest first (ties by id descending, by code point)."""
+        ids = ["k-a", "k-B", "k-b", "k-\u00e1", "k-A", "k-\u00c1", "k-Z", "k-\U0001f600"]
+        changes: list[dict[str, Any]] = []
+        for index, event_id in enumerate(ids):
+            changes.append({"id": event_id, "timestamp": at(index % 3)})
+        for index in range(4):
+            changes.append({"id": f"k-{index}", "timestamp": at(1)})
+        self.given_events(db, *changes)
+        listed = db.list_audit_events()
+        assert len(listed) == len(changes)
+        return listed
+
+    def test_before_id_pages_concatenate_to_the_list(self, db: DB) -> None:
+        listed = self.given_keyset_events(db)
+        for size in (1, 2, 3, 5):
+            pages: list[AuditEvent] = []
+            page = db.list_audit_events(AuditEventFilter(limit=size))
+            while page:
+                pages.extend(page)
+                page = db.list_audit_events(AuditEventFilter(limit=size, before_id=page[-1].id))
+            assert pages == listed, f"keyset pages of {size} concatenated"
+
+    def test_before_id_lists_and_counts_what_follows_in_list_order(self, db: DB) -> None:
+        listed = self.given_keyset_events(db)
+        for index, anchor in enumerate(listed):
+            flt = AuditEventFilter(before_id=anchor.id)
+            assert db.list_audit_events(flt) == listed[index + 1 :], f"before_id={anchor.id!r}"
+            assert db.count_audit_events(flt) == len(listed) - index - 1, (
+                f"count_audit_events(before_id={anchor.id!r})"
+            )
+
+    def test_before_id_combines_with_filters_and_offset(self, db: DB) -> None:
+        mine, other = unique("project"), unique("project")
+        self.given_events(
+            db,
+            *(
+                {
+                    "id": f"c-{index:02d}",
+                    "timestamp": at(index // 2),
+                    "project_id": mine if index % 3 else other,
+                    "outcome": "failure" if index % 4 else "success",
+                }
+                for index in range(24)
+            ),
+        )
+        events = db.list_audit_events()
+        filters: list[dict[str, Any]] = [
+            {"project_id": mine},
+            {"project_id": mine, "outcome": "failure"},
+            {"project_id": mine, "limit": 3, "offset": 2},
+            {"offset": 5},
+            {"start_time": at(2), "end_time": at(9), "limit": 4},
+            {"search": "C-1"},
+        ]
+        for criteria in filters:
+            for anchor in events[::3]:  # anchors inside and outside the filter
+                flt = AuditEventFilter(before_id=anchor.id, **criteria)
+                wanted = flt.select(events)  # the models' own reading of the filter
+                assert db.list_audit_events(flt) == wanted, f"list_audit_events({flt})"
+                assert db.count_audit_events(flt) == flt.count(events), f"count({flt})"
+        project = [e for e in events if e.project_id == mine]
+        first = db.list_audit_events(AuditEventFilter(project_id=mine, limit=4))
+        rest = db.list_audit_events(
+            AuditEventFilter(project_id=mine, before_id=first[-1].id, offset=2, limit=3)
+        )
+        assert first + rest == project[:4] + project[6:9]
+
+    def test_before_id_of_the_last_event_is_an_empty_page(self, db: DB) -> None:
+        listed = self.given_keyset_events(db)
+        flt = AuditEventFilter(before_id=listed[-1].id)
+        assert db.list_audit_events(flt) == []
+        assert db.count_audit_events(flt) == 0
+        outside = AuditEventFilter(before_id=listed[0].id, project_id=unique("none"))
+        assert db.list_audit_events(outside) == []
+        assert db.count_audit_events(outside) == 0
+
+    def test_before_id_unknown_is_not_found(self, db: DB) -> None:
+        missing = unique("missing")
+        for flt in (AuditEventFilter(before_id=missing), AuditEventFilter(before_id="k-\u00e1")):
+            with pytest.raises(AuditEventNotFoundError) as empty_list:
+                db.list_audit_events(flt)
+            with pytest.raises(AuditEventNotFoundError):
+                db.count_audit_events(flt)
+            assert empty_list.value.key == flt.before_id
+        self.given_events(db, {"id": "k-a"}, {"id": "k-A"})  # "k-\u00e1" differs from both
+        for flt in (
+            AuditEventFilter(before_id=missing),
+            AuditEventFilter(before_id="k-\u00e1", limit=1, offset=1),
+        ):
+            with pytest.raises(AuditEventNotFoundError) as listed:
+                db.list_audit_events(flt)
+            with pytest.raises(AuditEventNotFoundError) as counted:
+                db.count_audit_events(flt)
+            assert listed.value.key == counted.value.key == flt.before_id

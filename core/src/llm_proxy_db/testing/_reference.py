@@ -213,7 +213,9 @@ class ReferenceModel:
         return self.events[event_id]
 
     def list_audit_events(self, flt: AuditEventFilter | None) -> list[AuditEvent]:
-        found = [e for e in self.events.values() if flt is None or _passes(flt, e)]
+        if flt is not None and flt.before_id is not None and flt.before_id not in self.events:
+            raise AuditEventNotFoundError("no such audit event")
+        found = [e for e in self.events.values() if flt is None or self._passes(flt, e)]
         found.sort(key=lambda e: e.id, reverse=True)  # the tie-breaker first (sort is stable)
         found.sort(key=lambda e: e.timestamp, reverse=True)
         if flt is None:
@@ -223,7 +225,18 @@ class ReferenceModel:
         return found[start:stop]
 
     def count_audit_events(self, flt: AuditEventFilter | None) -> int:
-        return sum(1 for e in self.events.values() if flt is None or _passes(flt, e))
+        if flt is not None and flt.before_id is not None and flt.before_id not in self.events:
+            raise AuditEventNotFoundError("no such audit event")
+        return sum(1 for e in self.events.values() if flt is None or self._passes(flt, e))
+
+    def _passes(self, flt: AuditEventFilter, event: AuditEvent) -> bool:
+        """The filter, ``before_id`` included (the events after it in the list's order)."""
+        if flt.before_id is not None:
+            anchor = self.events[flt.before_id]
+            older = event.timestamp < anchor.timestamp
+            if not (older or (event.timestamp == anchor.timestamp and event.id < anchor.id)):
+                return False
+        return _passes(flt, event)
 
 
 def _passes(flt: AuditEventFilter, event: AuditEvent) -> bool:

@@ -109,6 +109,7 @@ FILTER_CHOICES: Final[dict[str, Sequence[object]]] = {
     "start_time": TIMES,
     "end_time": TIMES,
     "search": SEARCHES,
+    "before_id": ("ev-00", "ev-07", "ev-15", "ev-22", "ev-30", "ev-99"),  # ev-99: never made
 }
 
 

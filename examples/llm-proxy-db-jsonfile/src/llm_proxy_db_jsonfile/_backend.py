@@ -265,8 +265,7 @@ class _Session:
 
     def count_audit_events(self, filter: AuditEventFilter | None = None) -> int:
         self._check_open()
-        wanted = filter or AuditEventFilter()
-        return sum(1 for event in self.events.values() if wanted.matches(event))
+        return (filter or AuditEventFilter()).count(self.events.values())
 
     # Operators
     def stats(self) -> Stats:
