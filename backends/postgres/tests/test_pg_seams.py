@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,20 @@ def test_open_and_one_query_leave_at_most_two_connections(
         db.list_projects()
         time.sleep(0.3)  # let the pool settle
         assert _server_connections(postgres_server.admin_url, _name(named_url)) <= 2
-    assert _server_connections(postgres_server.admin_url, _name(named_url)) == 0
+    # Closed: every session ends (the server process exits a moment after the client hangs
+    # up, later on a loaded machine).
+    assert _settles_to_zero(
+        lambda: _server_connections(postgres_server.admin_url, _name(named_url))
+    )
+
+
+def _settles_to_zero(count: Callable[[], int], within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while count() != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_max_open_conns_bounds_every_connection(named_url: str, postgres_server: Any) -> None:

@@ -12,9 +12,10 @@ The pool's rules still hold:
 - **Bound**: a held connection stays counted by the pool as lent, and at most ``hold``
   connections are held (the pool's ``max_idle``: a parked connection is an idle one), so
   the pool never opens more than it would.
-- **Nobody starves**: a thread that finds every holding place taken uses a parked
-  connection (held by another thread, or by one that ended); while any thread waits in
-  the pool, every connection released goes back to the pool instead of staying held.
+- **Nobody starves**: a thread without a parked connection of its own takes one whose
+  thread ended, or, when every holding place is taken, another thread's; while any thread
+  waits in the pool, every connection released goes back to the pool instead of staying
+  held.
 - **Lifetime and health**: a connection is held for at most ``hold_seconds`` and never
   past ``expires(conn)``, then goes once through the pool (``release`` then ``acquire``).
   After a failed call the executor calls :meth:`give_back`: the connection returns to the
@@ -78,12 +79,15 @@ class _Slot(Generic[C]):
     ``parked.pop()`` and parking it ``parked.append(conn)``, each atomic, so two threads
     never take the same connection."""
 
-    __slots__ = ("conn", "expires", "parked")
+    __slots__ = ("conn", "expires", "owner", "parked")
 
     def __init__(self, conn: C, expires: float) -> None:
         self.conn = conn
         self.expires = expires
         self.parked: list[C] = []  # empty: in use by the thread that made it
+        self.owner = threading.current_thread()
+        """The thread that last took it from another (a parked connection of an ended
+        thread is taken first)."""
 
 
 class _Local(threading.local):
@@ -184,31 +188,40 @@ class HeldConnections(Generic[C]):
         return self._in_pool
 
     def _take(self) -> C:
-        """A connection for a thread without a parked one of its own: from the pool while
-        fewer than ``hold`` are held (then held), else a parked one of another thread,
-        else the pool's next (lent unheld)."""
+        """A connection for a thread without a parked one of its own: a parked one whose
+        thread ended, else (when every holding place is taken) another thread's parked
+        one, else the pool's (held while fewer than ``hold`` are)."""
         with self._lock:
-            if len(self._slots) >= self._hold:
-                for slot in self._slots:
-                    if slot.parked:  # another thread's, or one whose thread ended
-                        try:
-                            conn = slot.parked.pop()
-                        except IndexError:  # its thread took it back meanwhile
-                            continue
-                        self._local.slot = slot
-                        return conn
-            self._in_pool += 1  # from here on, released connections go back to the pool
+            # Counted before the scan: a connection parked after it goes back to the pool.
+            self._in_pool += 1
+            full = len(self._slots) >= self._hold
+            for slot in self._slots:
+                if slot.parked and (full or not slot.owner.is_alive()):
+                    try:
+                        conn = slot.parked.pop()
+                    except IndexError:  # its thread took it back meanwhile
+                        continue
+                    self._in_pool -= 1
+                    slot.owner = threading.current_thread()
+                    self._local.slot = slot
+                    return conn
+        return self._hold_new(self._from_pool())
+
+    def _from_pool(self) -> C:
+        # _in_pool is counted by the caller, under the lock; while this thread waits,
+        # connections released go back to the pool.
         try:
-            conn = self._pool.acquire()
+            return self._pool.acquire()
         finally:
             with self._lock:
                 self._in_pool -= 1
-        return self._hold_new(conn)
 
     def _renew(self, slot: _Slot[C]) -> C:
         # Held for hold_seconds (or to its lifetime's end): once through the pool's rules.
         self._unhold(slot)
-        return self._hold_new(self._pool.acquire())
+        with self._lock:
+            self._in_pool += 1
+        return self._hold_new(self._from_pool())
 
     def _hold_new(self, conn: C) -> C:
         """Hold ``conn`` (in use by this thread) if there is room; else lend it unheld."""
