@@ -10,7 +10,10 @@ Core. Variants run in interleaved rounds (the order rotates each round) in one p
 a noisy machine slows all of them alike; each round gives a ratio ours / other, and the
 table shows the median and the min-max of those ratios. Then thread scaling (1, 4, 8, 16
 threads), and on PostgreSQL 4 processes x 8 threads on one database whose request counts
-must add up exactly to the acknowledged increments.
+must add up exactly to the acknowledged increments. Then the asyncio API, on one event loop
+per backend and the same database: ``AsyncDB`` token calls against a raw psycopg
+``AsyncConnectionPool`` of the same size (1 task, 64 tasks) and against raw aiosqlite, when
+installed (1 task), and increments at 8 tasks against the ``DB`` at 8 threads.
 
 The run starts by checking that every variant returns equal values, and exits 1 when a
 check fails; missed targets only print (CI runs ``--quick`` to keep this working and
@@ -21,6 +24,8 @@ under a minute. Figures go to stdout and, every one of them, to a JSON file.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import json
 import multiprocessing
 import os
@@ -31,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,8 +53,10 @@ from llm_proxy_db import (
     Project,
     Token,
     TransientError,
+    aio,
     new_from_full_config,
 )
+from llm_proxy_db.aio import AsyncDB
 from llm_proxy_db.sql import (
     Dialect,
     Statements,
@@ -244,6 +251,171 @@ def thread_rounds(
             if number >= 0:
                 rates[name].append(rate)
     return rates
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+AsyncCall = Callable[[Any], Awaitable[object]]
+"""One awaited call of a variant: ``await fn(item)``."""
+
+AsyncTokenCall = Callable[[str], Awaitable[tuple[Any, ...]]]
+"""A raw async get or increment: a token's values."""
+
+ASYNC_TASKS = {"postgres": 64, "sqlite": 8}
+"""Concurrent tasks of the many-task rows (issue 12's bars)."""
+
+
+async def ainterleave(
+    variants: dict[str, AsyncCall],
+    args: Callable[[str], Sequence[Any]],
+    rounds: int,
+) -> dict[str, list[float]]:
+    """``interleave`` for coroutines: one task awaiting each call in turn."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for number in range(-1, rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, items = variants[name], args(name)
+            start = time.perf_counter()
+            for item in items:
+                await fn(item)
+            elapsed = time.perf_counter() - start
+            if number >= 0:
+                times[name].append(elapsed / len(items) * 1e6)
+    return times
+
+
+async def tasks_rate(
+    count: int, calls: int, worker: Callable[[int], Callable[[], Awaitable[object]]]
+) -> float:
+    """Operations per second of ``count`` tasks on the running loop, each awaiting
+    ``calls`` calls of ``worker(i)`` (made before the clock starts)."""
+    fns = [worker(index) for index in range(count)]
+
+    async def run(fn: Callable[[], Awaitable[object]]) -> None:
+        for _ in range(calls):
+            await fn()
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for fn in fns:
+            group.create_task(run(fn))
+    return count * calls / (time.perf_counter() - start)
+
+
+async def rate_rounds(
+    variants: dict[str, Callable[[], Awaitable[float]]], rounds: int
+) -> dict[str, list[float]]:
+    """Ops/s of each variant (a coroutine measuring one run), per interleaved round
+    (one warm-up)."""
+    names = list(variants)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for number in range(-1, rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            rate = await variants[name]()
+            if number >= 0:
+                rates[name].append(rate)
+    return rates
+
+
+def async_raw_token_calls(
+    dialect: Dialect,
+    execute: Callable[[str, Any], Awaitable[list[Any]]],
+    decode_time: Callable[[Any], datetime],
+) -> tuple[
+    Callable[[str], Awaitable[tuple[Any, ...]]], Callable[[str], Awaitable[tuple[Any, ...]]]
+]:
+    """The raw async driver's get and increment over ``await execute(sql, params)``: the
+    library's SQL text, timestamp encoding and row decoding, as ``raw_variants``."""
+    st = Statements(dialect)
+    get_sql, increment_sql = st.get_token, st.increment_usage
+    encode = dialect.encode_time
+
+    async def get(token: str) -> tuple[Any, ...]:
+        return decoded_token((await execute(get_sql, (token,)))[0], decode_time)
+
+    async def increment(token: str) -> tuple[Any, ...]:
+        stamp = encode(datetime.now(UTC))
+        rows = await execute(increment_sql, (stamp, token, stamp))
+        return decoded_token(rows[0], decode_time)
+
+    return get, increment
+
+
+async def check_async_equal(
+    adb: AsyncDB,
+    db: DB,
+    raw: tuple[AsyncTokenCall, AsyncTokenCall] | None,
+    token: str,
+) -> None:
+    """The AsyncDB returns what the sync DB and the raw async driver return."""
+    ours = values(await adb.get_token_by_id(token))
+    check("AsyncDB get_token_by_id vs DB", ours, values(db.get_token_by_id(token)))
+    counted = values(await adb.increment_token_usage(token))
+    check("AsyncDB increment read back by DB", values(db.get_token_by_id(token)), counted)
+    if raw is None:
+        return
+    raw_get, raw_increment = raw
+    check("raw async get_token_by_id", await raw_get(token), counted)
+    again = await raw_increment(token)
+    check("raw async increment_token_usage", again, values(await adb.get_token_by_id(token)))
+    check("raw async increment counted one more", again[5], counted[5] + 1)
+
+
+def skipped_row(operation: str, note: str) -> Row:
+    """A line that says why a row was not measured."""
+    return Row(operation, "-", "-", 0, 0, 0, 0, 0, "-", None, note=note)
+
+
+async def async_token_rows(
+    adb: AsyncDB,
+    raw: tuple[AsyncTokenCall, AsyncTokenCall],
+    tokens: Sequence[str],
+    sizes: Sizes,
+    target: float,
+    count: int | None,
+) -> list[Row]:
+    """get_token_by_id and increment_token_usage through the AsyncDB vs the raw async
+    driver: latency at 1 task; ops/s at ``count`` tasks, each on its own token (when
+    ``count`` is given)."""
+    calls = sizes.block
+    picked = [tokens[i * len(tokens) // calls] for i in range(calls)]
+    raw_get, raw_increment = raw
+    pairs: list[tuple[str, AsyncCall, AsyncCall]] = [
+        ("get_token_by_id", adb.get_token_by_id, raw_get),
+        ("increment_token_usage", adb.increment_token_usage, raw_increment),
+    ]
+    rows = []
+    for operation, ours, other in pairs:
+        times = await ainterleave({"aio": ours, "raw": other}, lambda name: picked, sizes.rounds)
+        rows.append(ratio_row(f"aio {operation} (1 task)", times, "aio", "raw", target))
+    if count is None:
+        return rows
+    per_task = max(sizes.thread_calls * 8 // count, 20)
+    for operation, ours, other in pairs:
+
+        def run(fn: AsyncCall) -> Callable[[], Awaitable[float]]:
+            def worker(index: int) -> Callable[[], Awaitable[object]]:
+                token = tokens[index]
+                return lambda: fn(token)
+
+            return lambda: tasks_rate(count, per_task, worker)
+
+        rates = await rate_rounds({"aio": run(ours), "raw": run(other)}, sizes.thread_rounds)
+        rows.append(
+            ratio_row(
+                f"aio {operation} x {count} tasks",
+                rates,
+                "aio",
+                "raw",
+                round(1 / target, 2),
+                higher_is_better=True,
+                unit="ops/s",
+            )
+        )
+    return rows
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -760,11 +932,19 @@ def sqlite_connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    for pragma in sqlite_pragmas(busy_timeout):
+        conn.execute(pragma)
     return conn
+
+
+def sqlite_pragmas(busy_timeout: float) -> list[str]:
+    """The pragmas the SQLite backend sets on each of its connections."""
+    return [
+        f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+    ]
 
 
 def bench_sqlite(folder: Path, sizes: Sizes, sa_wanted: bool) -> Report:
@@ -829,6 +1009,7 @@ def bench_sqlite(folder: Path, sizes: Sizes, sa_wanted: bool) -> Report:
         report.rows.append(flat_row(sizes, list_medians))
         report.rows += create_row(v, project_ids[1], sizes, 1.1)
         report.rows += sqlite_thread_rows(db, path, busy, tokens, sizes)
+        report.rows += sqlite_async_rows(db, path, busy, tokens, sizes)
         report.rows += encryption_rows(folder, sizes)
     finally:
         db.close()
@@ -887,6 +1068,78 @@ def sqlite_thread_rows(
         for conn in conns:
             conn.close()
     return rows
+
+
+def sqlite_async_rows(
+    db: DB, path: str, busy: float, tokens: Sequence[str], sizes: Sizes
+) -> list[Row]:
+    """The asyncio rows on the sync section's file, on one event loop: an AsyncDB
+    (configured as ``db``) against raw aiosqlite, when installed, at 1 task; increments
+    at 8 tasks against ``db`` at 8 threads."""
+    return asyncio.run(_sqlite_async_rows(db, path, busy, tokens, sizes))
+
+
+async def _sqlite_async_rows(
+    db: DB, path: str, busy: float, tokens: Sequence[str], sizes: Sizes
+) -> list[Row]:
+    try:  # optional, and untyped for mypy wherever it is missing
+        aiosqlite: Any = importlib.import_module("aiosqlite")
+    except ImportError:
+        aiosqlite = None
+    adb = await aio.new_from_full_config(db.config)
+    conn: Any = None
+    try:
+        raw = None
+        if aiosqlite is not None:
+            conn = await aiosqlite.connect(path, timeout=busy, isolation_level=None)
+            for pragma in sqlite_pragmas(busy):
+                await conn.execute(pragma)
+
+            async def execute(sql: str, params: Any) -> list[Any]:
+                return list(await conn.execute_fetchall(sql, params))
+
+            raw = async_raw_token_calls(SQLITE, execute, datetime.fromisoformat)
+        await check_async_equal(adb, db, raw, tokens[1])
+        rows: list[Row] = []
+        if raw is None:
+            note = "skipped: aiosqlite is not installed (pip install aiosqlite)"
+            rows.append(skipped_row("aio get/increment (1 task)", note))
+        else:
+            rows += await async_token_rows(adb, raw, tokens, sizes, 1.3, None)
+        count = ASYNC_TASKS["sqlite"]
+
+        def aio_worker(index: int) -> Callable[[], Awaitable[object]]:
+            token = tokens[index]
+            return lambda: adb.increment_token_usage(token)
+
+        def sync_worker(index: int) -> Callable[[], object]:
+            token = tokens[index]
+            return lambda: db.increment_token_usage(token)
+
+        async def aio_run() -> float:
+            return await tasks_rate(count, sizes.thread_calls, aio_worker)
+
+        async def sync_run() -> float:  # blocks the loop, on which nothing else runs then
+            return threaded(count, sizes.thread_calls, sync_worker)
+
+        rates = await rate_rounds({"aio": aio_run, "sync": sync_run}, sizes.thread_rounds)
+        rows.append(
+            ratio_row(
+                f"aio increment x {count} tasks",
+                rates,
+                "aio",
+                "sync",
+                1.0,
+                higher_is_better=True,
+                unit="ops/s",
+                note=f"vs DB at {count} threads",
+            )
+        )
+        return rows
+    finally:
+        if conn is not None:
+            await conn.close()
+        await adb.close()
 
 
 def encryption_rows(folder: Path, sizes: Sizes) -> list[Row]:
@@ -988,6 +1241,7 @@ def postgres_body(
         return psycopg.connect(url, autocommit=True, options=options)
 
     build = connect()
+    build.execute("SET statement_timeout = 0")  # loading a million rows outlasts the session's
     raw = connect()
     started = time.perf_counter()
 
@@ -1034,6 +1288,7 @@ def postgres_body(
         report.rows.append(flat_row(sizes, list_medians))
         report.rows += create_row(v, project_ids[1], sizes, 1.1)
         report.rows += postgres_thread_rows(db, url, options, tokens, sizes)
+        report.rows += postgres_async_rows(db, url, options, tokens, sizes)
         report.extra["processes"] = processes_run(scoped, connect, tokens, sizes)
     finally:
         raw.close()
@@ -1093,6 +1348,45 @@ def postgres_thread_rows(
     finally:
         pool.close()
     return rows
+
+
+def postgres_async_rows(
+    db: DB, url: str, options: str, tokens: Sequence[str], sizes: Sizes
+) -> list[Row]:
+    """The asyncio rows on the sync section's schema, on one event loop: an AsyncDB
+    (configured as ``db``) against a raw psycopg ``AsyncConnectionPool`` of the same
+    min/max size, at 1 task and at 64."""
+    return asyncio.run(_postgres_async_rows(db, url, options, tokens, sizes))
+
+
+async def _postgres_async_rows(
+    db: DB, url: str, options: str, tokens: Sequence[str], sizes: Sizes
+) -> list[Row]:
+    from psycopg_pool import AsyncConnectionPool
+
+    from llm_proxy_db_postgres._backend import pool_sizing
+    from llm_proxy_db_postgres._dialect import POSTGRES
+
+    adb = await aio.new_from_full_config(db.config)
+    sizing = pool_sizing(db.config, name="bench-raw-async")
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url, kwargs={"autocommit": True, "options": options}, **sizing
+    )
+    try:
+        await pool.open(wait=True)
+
+        async def execute(sql: str, params: Any) -> list[Any]:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(sql, params)
+                rows: list[Any] = await cursor.fetchall()
+                return rows
+
+        raw = async_raw_token_calls(POSTGRES, execute, aware)
+        await check_async_equal(adb, db, raw, tokens[1])
+        return await async_token_rows(adb, raw, tokens, sizes, 1.15, ASYNC_TASKS["postgres"])
+    finally:
+        await pool.close()
+        await adb.close()
 
 
 def _process_main(

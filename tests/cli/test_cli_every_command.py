@@ -155,8 +155,10 @@ def test_every_command(cli: Cli, name: str, as_json: bool) -> None:
         sqlite = next(b for b in out if b["name"] == "sqlite")
         assert sqlite["distribution"] == "llm-proxy-db-sqlite" and sqlite["error"] is None
         assert sqlite["capabilities"] == ["persistent", "multi_process", "migrations"]
+        assert sqlite["async"] in ("native", "threads")
     else:
         assert out.splitlines()[0].split()[:3] == ["NAME", "DISTRIBUTION", "VERSION"]
+        assert "ASYNC" in out.splitlines()[0].split()
 
     out = run("migrate", "status")
     if as_json:

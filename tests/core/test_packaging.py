@@ -31,6 +31,7 @@ DISTRIBUTIONS = {
     "llm-proxy-db-sqlite": "backends/sqlite",
     "llm-proxy-db-postgres": "backends/postgres",
     "llm-proxy-db-jsonfile": "examples/llm-proxy-db-jsonfile",
+    "llm-proxy-fastapi": "examples/fastapi-proxy",
 }
 _SKIPPED_FOLDERS = {"build", "dist", "node_modules", "__pycache__"}
 

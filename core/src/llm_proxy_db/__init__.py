@@ -41,7 +41,15 @@ from ._models import (
     mask_token,
     utcnow,
 )
-from ._protocols import AuditStore, Backend, ProjectStore, Stores, TokenStore
+from ._protocols import (
+    AsyncBackend,
+    AsyncStores,
+    AuditStore,
+    Backend,
+    ProjectStore,
+    Stores,
+    TokenStore,
+)
 from ._public import public_dict
 from ._registry import (
     MIN_STORAGE_API_VERSION,
@@ -66,6 +74,8 @@ __all__ = [
     "MIN_STORAGE_API_VERSION",
     "STORAGE_API_VERSION",
     "AlreadyExistsError",
+    "AsyncBackend",
+    "AsyncStores",
     "AuditEvent",
     "AuditEventFilter",
     "AuditEventNotFoundError",

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._protocols import Backend
     from .sql import Migrations
 
-__all__ = ["DB", "StoreFacade", "new", "new_from_full_config"]
+__all__ = ["DB", "StoreFacade", "new", "new_from_full_config", "open_backend"]
 
 
 _CHECKED_CALL = "self._stores.{name}({args})"
@@ -175,6 +175,13 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
     """Open the backend named by ``config.driver`` (default: :func:`config_from_env`),
     running pending migrations first when ``config.auto_migrate`` is true."""
     config = config_from_env() if config is None else config
+    backend, spec, migrations = open_backend(config)
+    return DB(backend, config=config, backend_spec=spec, migrations=migrations)
+
+
+def open_backend(config: FullConfig) -> tuple[Backend, BackendSpec, Migrations | None]:
+    """The blocking backend ``config`` names, opened, migrated (or its schema checked),
+    with the layers the core adds (an older storage API's, encryption at rest)."""
     spec = get_backend_spec(config.driver)
     cipher = Cipher.from_config(config)  # a bad key fails before anything opens
     try:
@@ -198,10 +205,7 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
                 )
             target: MigrationTarget = backend  # type: ignore[assignment]
             migrations = Migrations(spec.migrations, target)
-            if config.auto_migrate:
-                migrations.up()
-            else:
-                migrations.check_schema()
+            migrations.on_open(auto_migrate=config.auto_migrate)
     except BaseException:
         backend.close()
         raise
@@ -209,4 +213,4 @@ def new_from_full_config(config: FullConfig | None = None) -> DB:
         backend = OlderBackend(backend)
     if cipher is not None:  # only then: without a key, no layer and no cost
         backend = EncryptingBackend(backend, cipher)
-    return DB(backend, config=config, backend_spec=spec, migrations=migrations)
+    return backend, spec, migrations

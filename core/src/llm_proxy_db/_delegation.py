@@ -21,15 +21,17 @@ import inspect
 import linecache
 import types
 import typing
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, Union, cast, get_args, get_origin
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar, Union, cast, get_args, get_origin
 
 from . import _limits, _transaction_rule
 from ._protocols import Stores
 
 __all__ = [
     "COUNTS",
+    "AsyncForwardedStores",
     "ForwardedStores",
+    "aforward",
     "forward",
     "forwarded_names",
     "forwarding",
@@ -38,6 +40,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
 
 _FORWARDED: Final = "__llm_proxy_db_forwarded__"
 """Where a decorated class keeps ``{name: protocol method}`` of what it forwards."""
@@ -66,6 +71,15 @@ def forward(method: F) -> F:
     return cast(F, _Forward(method))
 
 
+def aforward(
+    method: Callable[Concatenate[S, P], R],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """:func:`forward` for an awaiting class: type checkers read the protocol method as a
+    coroutine with the same parameters and result."""
+    forwarded: Any = _Forward(method)
+    return cast("Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]", forwarded)
+
+
 def forwarded_names(cls: type) -> tuple[str, ...]:
     """The methods :func:`forwarding` generated for ``cls`` and its bases."""
     return tuple(getattr(cls, _FORWARDED, {}))
@@ -90,6 +104,7 @@ def forwarding(
     checked: bool = False,
     guarded: bool = False,
     awaiting: bool = False,
+    prelude: str = "",
     namespace: dict[str, Any] | None = None,
 ) -> Callable[[C], C]:
     """A class decorator writing every ``forward(...)`` attribute of the class, every
@@ -97,7 +112,8 @@ def forwarding(
     ``call``.
 
     ``call`` is a template with ``{name}`` and ``{args}`` (the arguments as passed);
-    ``namespace`` supplies names the template uses besides ``self``.
+    ``prelude`` is a statement run first (the ``AsyncDB``'s event-loop check);
+    ``namespace`` supplies names the template and the prelude use besides ``self``.
     """
 
     def decorate(cls: C) -> C:
@@ -109,7 +125,7 @@ def forwarding(
                 methods[name] = value.method
         for name, method in methods.items():
             generated = _generate(
-                name, method, call, checked, guarded, awaiting, namespace or {}, cls
+                name, method, call, checked, guarded, awaiting, prelude, namespace or {}, cls
             )
             setattr(cls, name, generated)
         setattr(cls, _FORWARDED, methods)
@@ -125,6 +141,7 @@ def _generate(
     checked: bool,
     guarded: bool,
     awaiting: bool,
+    prelude: str,
     namespace: dict[str, Any],
     owner: type,
 ) -> Callable[..., Any]:
@@ -143,6 +160,8 @@ def _generate(
     }
     header, arguments = _header_and_arguments(parameters, globals_)
     lines = [f"{'async ' if awaiting else ''}def {name}({', '.join(['self', *header])}):"]
+    if prelude:
+        lines.append(f"    {prelude.format(name=name)}")
     if guarded and awaiting:  # an awaiting facade: the context's blocks only
         lines.append(f"    if _blocks.get(): _refuse(self, {name!r}, blocking=False)")
     elif guarded:
@@ -288,3 +307,32 @@ class ForwardedStores(Stores):
     list_audit_events = forward(Stores.list_audit_events)
     count_audit_events = forward(Stores.count_audit_events)
     stats = forward(Stores.stats)
+
+
+class AsyncForwardedStores:
+    """The awaiting twin of :class:`ForwardedStores`: every ``Stores`` method as a
+    coroutine (decorate the subclass with ``forwarding(..., awaiting=True)``)."""
+
+    __slots__ = ()
+
+    create_project = aforward(Stores.create_project)
+    get_project_by_id = aforward(Stores.get_project_by_id)
+    update_project = aforward(Stores.update_project)
+    delete_project = aforward(Stores.delete_project)
+    list_projects = aforward(Stores.list_projects)
+    create_token = aforward(Stores.create_token)
+    get_token_by_id = aforward(Stores.get_token_by_id)
+    update_token = aforward(Stores.update_token)
+    delete_token = aforward(Stores.delete_token)
+    list_tokens = aforward(Stores.list_tokens)
+    increment_token_usage = aforward(Stores.increment_token_usage)
+    revoke_token = aforward(Stores.revoke_token)
+    revoke_project_tokens = aforward(Stores.revoke_project_tokens)
+    revoke_expired_tokens = aforward(Stores.revoke_expired_tokens)
+    increment_cache_hit_count = aforward(Stores.increment_cache_hit_count)
+    reset_token_usage = aforward(Stores.reset_token_usage)
+    create_audit_event = aforward(Stores.create_audit_event)
+    get_audit_event_by_id = aforward(Stores.get_audit_event_by_id)
+    list_audit_events = aforward(Stores.list_audit_events)
+    count_audit_events = aforward(Stores.count_audit_events)
+    stats = aforward(Stores.stats)

@@ -10,21 +10,29 @@ forwarding (:mod:`._delegation`). Without a key nothing is installed and nothing
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._delegation import ForwardedStores, forwarding
+from ._delegation import AsyncForwardedStores, ForwardedStores, forwarding
 from ._encryption import Cipher
 from ._layers import BackendLayer
 from ._models import Project, trusted_project
-from ._protocols import Stores
+from ._protocols import AsyncStores, Stores
 
 if TYPE_CHECKING:
     from ._db import DB
-    from ._protocols import Backend
+    from ._protocols import AsyncBackend, Backend
 
-__all__ = ["EncryptingBackend", "EncryptingStores", "unwrapped"]
+__all__ = [
+    "AsyncEncryptingBackend",
+    "AsyncEncryptingStores",
+    "EncryptingBackend",
+    "EncryptingStores",
+    "unwrapped",
+]
 
 _PROJECT_FIELDS: Final = tuple(field.name for field in attrs.fields(Project))
 
@@ -49,10 +57,12 @@ class _PassThrough(ForwardedStores):
         self._cipher = cipher
 
 
-class EncryptingStores(_PassThrough):
-    """Stores whose projects' upstream keys are encrypted in ``inner`` and plain here."""
+class _Keys:
+    """Sealing and opening a project's key with ``self._cipher``."""
 
     __slots__ = ()
+
+    _cipher: Cipher
 
     def _sealed(self, project: Project) -> Project:
         key = self._cipher.encrypt(project.openai_api_key, project_id=project.id)
@@ -61,6 +71,12 @@ class EncryptingStores(_PassThrough):
     def _opened(self, project: Project) -> Project:
         key = self._cipher.decrypt(project.openai_api_key, project_id=project.id)
         return project if key is project.openai_api_key else _with_key(project, key)
+
+
+class EncryptingStores(_Keys, _PassThrough):
+    """Stores whose projects' upstream keys are encrypted in ``inner`` and plain here."""
+
+    __slots__ = ()
 
     def create_project(self, project: Project) -> Project:
         return self._opened(self._inner.create_project(self._sealed(project)))
@@ -105,3 +121,63 @@ def unwrapped(db: DB) -> Backend:
     """The backend behind ``db`` as it stores values (encrypted ones as stored)."""
     backend: Any = db._backend
     return backend.inner if isinstance(backend, EncryptingBackend) else backend
+
+
+@forwarding("self._inner.{name}({args})", protocol=Stores, awaiting=True)
+class _AsyncPassThrough(AsyncForwardedStores):
+    __slots__ = ("_cipher", "_inner")
+
+    def __init__(self, inner: AsyncStores, cipher: Cipher) -> None:
+        self._inner = inner
+        self._cipher = cipher
+
+
+class AsyncEncryptingStores(_Keys, _AsyncPassThrough):
+    """The awaiting twin of :class:`EncryptingStores`."""
+
+    __slots__ = ()
+
+    async def create_project(self, project: Project) -> Project:
+        return self._opened(await self._inner.create_project(self._sealed(project)))
+
+    async def get_project_by_id(self, project_id: str) -> Project:
+        return self._opened(await self._inner.get_project_by_id(project_id))
+
+    async def update_project(self, project: Project) -> Project:
+        return self._opened(await self._inner.update_project(self._sealed(project)))
+
+    async def list_projects(self) -> list[Project]:
+        return [self._opened(project) for project in await self._inner.list_projects()]
+
+
+class AsyncEncryptingBackend(AsyncEncryptingStores):
+    """A native async backend wrapped by :class:`AsyncEncryptingStores`, its
+    transactions' stores included."""
+
+    __slots__ = ()
+
+    _inner: AsyncBackend
+
+    def __init__(self, inner: AsyncBackend, cipher: Cipher) -> None:
+        super().__init__(inner, cipher)
+
+    @property
+    def inner(self) -> AsyncBackend:
+        """The backend this layer wraps."""
+        return self._inner
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def health_check(self) -> None:
+        await self._inner.health_check()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncStores]:
+        async with self._inner.transaction() as stores:
+            yield AsyncEncryptingStores(stores, self._cipher)
+
+    def __getattr__(self, name: str) -> Any:  # check_integrity, a backend's extras
+        if name.startswith("__") or name in ("_inner", "_cipher"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)

@@ -11,7 +11,7 @@ import difflib
 import importlib.metadata
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -22,7 +22,7 @@ from ._errors import BackendNotFoundError, ConfigError
 
 if TYPE_CHECKING:
     from ._config import FullConfig
-    from ._protocols import Backend
+    from ._protocols import AsyncBackend, Backend
 
 __all__ = [
     "MIN_STORAGE_API_VERSION",
@@ -93,6 +93,17 @@ class BackendSpec:
     capabilities: Capabilities = Capabilities()
     description: str = ""
     migrations: Traversable | None = attrs.field(default=None, repr=False)
+    async_factory: Callable[[FullConfig], Awaitable[AsyncBackend]] | None = attrs.field(
+        default=None, repr=False
+    )
+    """Opens the backend natively on the running event loop, for ``llm_proxy_db.aio``
+    (migrations have run by then). Without one, ``AsyncDB`` runs the blocking backend
+    in worker threads of its own."""
+
+    @property
+    def native_async(self) -> bool:
+        """Whether the backend has its own asyncio implementation."""
+        return self.async_factory is not None
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +120,11 @@ class BackendInfo:
     @property
     def capabilities(self) -> Capabilities:
         return self.spec.capabilities if self.spec else Capabilities()
+
+    @property
+    def native_async(self) -> bool:
+        """Whether ``llm_proxy_db.aio`` runs the backend natively (else in threads)."""
+        return self.spec is not None and self.spec.native_async
 
 
 class _Hooks:

@@ -1,4 +1,5 @@
-"""The conformance suite on the jsonfile backend, selected by name through its entry point."""
+"""The conformance suites on the jsonfile backend, selected by name through its entry point:
+the blocking one, and the async one (through the core's thread-offload adapter)."""
 
 import itertools
 from collections.abc import Iterator
@@ -7,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from llm_proxy_db import DB, FullConfig, new_from_full_config
-from llm_proxy_db.testing import BackendFactory, StoreConformance
+from llm_proxy_db import DB, FullConfig, aio, new_from_full_config
+from llm_proxy_db.aio import AsyncDB
+from llm_proxy_db.testing import (
+    AsyncBackendFactory,
+    AsyncStoreConformance,
+    BackendFactory,
+    StoreConformance,
+)
 
 
 class TestJsonFile(StoreConformance):
@@ -40,3 +47,20 @@ class TestJsonFile(StoreConformance):
                     path.write_bytes(saved)
 
         return folder_in_place_of_the_file()
+
+
+class TestJsonFileAsync(AsyncStoreConformance):
+    """The same suite on ``AsyncDB``: jsonfile has no ``async_factory``, so the core runs
+    it through its thread-offload adapter."""
+
+    @pytest.fixture
+    def async_backend_factory(self, tmp_path: Path) -> AsyncBackendFactory:
+        files = (str(tmp_path / f"store-{n}.json") for n in itertools.count())
+
+        async def factory(*, reopen: AsyncDB | None = None) -> AsyncDB:
+            config = reopen.config if reopen else FullConfig(driver="jsonfile", path=next(files))
+            return await aio.new_from_full_config(config)
+
+        return factory
+
+    failing_storage = TestJsonFile.failing_storage

@@ -31,7 +31,7 @@ from llm_proxy_db import (
     utcnow,
 )
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "Snapshot"]
 
 _ALL = AuditEventFilter()
 
@@ -41,6 +41,15 @@ def _counter_overflow(token: str, counter: str) -> DatabaseError:
         f"token {mask_token(token)}: {counter} would pass its maximum {MAX_COUNT}; "
         "nothing was counted"
     )
+
+
+@attrs.frozen
+class Snapshot:
+    """The three dicts of a :class:`MemoryBackend` at one moment."""
+
+    projects: dict[str, Project]
+    tokens: dict[str, Token]
+    events: dict[str, AuditEvent]
 
 
 class MemoryBackend:
@@ -64,12 +73,22 @@ class MemoryBackend:
     @contextmanager
     def transaction(self) -> Iterator[MemoryBackend]:
         with self._lock:
-            saved = (dict(self._projects), dict(self._tokens), dict(self._events))
+            saved = self.snapshot()
             try:
                 yield self
             except BaseException:
-                self._projects, self._tokens, self._events = saved
+                self.restore(saved)
                 raise
+
+    def snapshot(self) -> Snapshot:
+        """The dicts as they are now, for :meth:`restore` (a transaction's rollback)."""
+        with self._lock:
+            return Snapshot(dict(self._projects), dict(self._tokens), dict(self._events))
+
+    def restore(self, saved: Snapshot) -> None:
+        """Put the dicts back as :meth:`snapshot` saw them (``saved`` is used up)."""
+        with self._lock:
+            self._projects, self._tokens, self._events = saved.projects, saved.tokens, saved.events
 
     # Projects
     def create_project(self, project: Project) -> Project:

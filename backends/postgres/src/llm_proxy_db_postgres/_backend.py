@@ -362,6 +362,114 @@ def _session_options(url: str, config: FullConfig) -> str:
     return f"{own} -c statement_timeout={statement_ms} -c lock_timeout={lock_ms}".strip()
 
 
+def connect_kwargs(url: str, config: FullConfig) -> dict[str, Any]:
+    """The keywords of every connection, the probe's included (both backends): autocommit,
+    libpq's connect_timeout (whole seconds, at least 2) and, through the startup options,
+    statement_timeout and lock_timeout."""
+    return {
+        "autocommit": True,
+        "connect_timeout": max(2, math.ceil(config.connect_timeout.total_seconds())),
+        "options": _session_options(url, config),
+    }
+
+
+def pool_sizing(config: FullConfig, *, name: str) -> dict[str, Any]:
+    """The pool settings both backends give psycopg_pool.
+
+    max_open_conns bounds every server connection of this DB: the pool's, the migration
+    runner's (lent by the pool) and the probe (handed to the pool as its first connection).
+    psycopg_pool keeps min_size connections for ever and closes the others after
+    IDLE_SECONDS unused: the closest it comes to Go's idle cap.
+    """
+    return dict(
+        min_size=min(MIN_KEPT_CONNECTIONS, config.max_idle_conns),
+        max_size=config.max_open_conns,
+        max_idle=IDLE_SECONDS,
+        max_lifetime=config.conn_max_lifetime.total_seconds(),
+        timeout=config.pool_timeout.total_seconds(),
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
+        open=False,
+        name=name,
+    )
+
+
+class Failures:
+    """What both backends say of a failure: the server, the cause, the limit that cut it."""
+
+    __slots__ = ("_lock_timeout", "_max_open", "_pool_timeout", "_statement_timeout", "_url")
+
+    def __init__(self, url: str, config: FullConfig) -> None:
+        self._url = url
+        self._lock_timeout = config.busy_timeout.total_seconds()
+        self._statement_timeout = config.statement_timeout.total_seconds()
+        self._pool_timeout = config.pool_timeout.total_seconds()
+        self._max_open = config.max_open_conns
+
+    def probe_error(self, exc: psycopg.Error) -> DatabaseError:
+        """The error of a failed probe: ``TransientError`` when a retry may cure it
+        (refused, unreachable, too many connections), else ``DatabaseError``."""
+        reason = _first_line(exc, self._url)
+        message = f"cannot reach PostgreSQL at {describe_target(self._url)}: {reason}"
+        transient = _connect_error_is_transient(exc)
+        return TransientError(message) if transient else DatabaseError(message)
+
+    def connection_lost(self, exc: Exception) -> bool:
+        """Whether ``exc`` says the connection was lost (logged: the caller tests the
+        pool's idle connections next)."""
+        if not _connection_lost(exc):
+            return False
+        _log.warning(
+            "lost a connection to PostgreSQL at %s (%s, SQLSTATE %s): testing the pool's "
+            "idle connections",
+            describe_target(self._url),
+            type(exc).__name__,
+            getattr(exc, "sqlstate", None) or "none",
+        )
+        return True
+
+    def translate(self, exc: Exception) -> DatabaseError:
+        """``translate_error``, naming the server and the cause of a retryable failure (a
+        ``PoolTimeout`` aside: see :meth:`pool_timeout`)."""
+        if isinstance(exc, _RETRYABLE):
+            return TransientError(f"PostgreSQL at {describe_target(self._url)}: {self.cause(exc)}")
+        return translate_error(exc)
+
+    def cause(self, exc: Exception) -> str:
+        """What went wrong, as seen: never a DETAIL line (it may quote a token)."""
+        diag = getattr(exc, "diag", None)
+        primary = (diag.message_primary if diag is not None else None) or ""
+        if _connection_lost(exc):
+            seen = primary or _first_line(exc, self._url)
+            return f"the connection was lost ({seen})"
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return f"{primary or 'lock timeout'} (lock_timeout {self._lock_timeout:g} s)"
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            limit = self._statement_timeout
+            return f"{primary or 'statement cancelled'} (statement_timeout {limit:g} s)"
+        return primary or type(exc).__name__
+
+    def pool_timeout(
+        self, stats: dict[str, int], waited: float | None, reason: str | None = None
+    ) -> TransientError:
+        """No connection was free within ``waited`` (None: ``pool_timeout``) seconds;
+        ``reason``: why the last connection attempt failed, if known."""
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+        message = (
+            f"PostgreSQL at {describe_target(self._url)}: no connection free within "
+            f"{waited or self._pool_timeout:g} s: {in_use} in use (max_open_conns {self._max_open})"
+        )
+        if reason is not None:
+            message += f"; the last connection attempt failed ({reason})"
+        return TransientError(message)
+
+    def unreachable(self, exc: DatabaseError) -> DatabaseError:
+        """A failed health check's error: a ``TransientError`` names the server and the
+        cause already; any other is wrapped to say which server failed it."""
+        if isinstance(exc, TransientError):
+            return exc
+        return DatabaseError(f"cannot reach PostgreSQL at {describe_target(self._url)}: {exc}")
+
+
 @contextmanager
 def _untimed(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """The migration runner's connection without ``statement_timeout`` and
@@ -432,39 +540,19 @@ class PostgresBackend(SqlBackend):
     def __init__(self, config: FullConfig) -> None:
         self._url = _conninfo(config)
         self._adopt: list[psycopg.Connection[Any]] = []
-        self._pool_timeout = config.pool_timeout.total_seconds()
         self._connect_timeout = config.connect_timeout.total_seconds()
-        self._lock_timeout = config.busy_timeout.total_seconds()
-        self._statement_timeout = config.statement_timeout.total_seconds()
-        self._max_open = config.max_open_conns
+        self._failures = Failures(self._url, config)
         self._breaker = _Breaker(self._url, self._reconnect)
-        # Every connection, the probe's included: libpq's connect_timeout (whole seconds, at
-        # least 2) and, through the startup options, statement_timeout and lock_timeout.
-        self._connect_kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "connect_timeout": max(2, math.ceil(self._connect_timeout)),
-            "options": _session_options(self._url, config),
-        }
+        self._connect_kwargs: dict[str, Any] = connect_kwargs(self._url, config)
         kwargs: dict[str, Any] = {
             **self._connect_kwargs,
             _ADOPT: self._adopt,
             _BREAKER: self._breaker,
         }
-        # max_open_conns bounds every server connection of this DB: the pool's, the
-        # migration runner's (lent by the pool) and the probe (handed to the pool as its
-        # first connection). psycopg_pool keeps min_size connections for ever and closes
-        # the others after IDLE_SECONDS unused: the closest it comes to Go's idle cap.
         self._pool_settings: dict[str, Any] = dict(
             connection_class=_PoolConnection,
             kwargs=kwargs,
-            min_size=min(MIN_KEPT_CONNECTIONS, config.max_idle_conns),
-            max_size=config.max_open_conns,
-            max_idle=IDLE_SECONDS,
-            max_lifetime=config.conn_max_lifetime.total_seconds(),
-            timeout=self._pool_timeout,
-            reconnect_timeout=RECONNECT_TIMEOUT_S,
-            open=False,
-            name="llm-proxy-db",
+            **pool_sizing(config, name="llm-proxy-db"),
         )
         self._pool: ConnectionPool[Any] = ConnectionPool(self._url, **self._pool_settings)
         self._reopen = False  # set in a forked child: open a new pool on the first call
@@ -505,10 +593,8 @@ class PostgresBackend(SqlBackend):
             self._adopt.append(probe)  # the pool's first connection
             return
         except psycopg.Error as exc:
-            reason = _first_line(exc, self._url)
-            transient = _connect_error_is_transient(exc)
-        message = f"cannot reach PostgreSQL at {describe_target(self._url)}: {reason}"
-        raise TransientError(message) if transient else DatabaseError(message)
+            error = self._failures.probe_error(exc)
+        raise error
 
     def _translate(self, exc: Exception) -> DatabaseError:
         """``translate_error``; after a lost connection, also test the idle ones.
@@ -518,50 +604,17 @@ class PostgresBackend(SqlBackend):
         (on the error path only: no round trip per checkout) lets the next call get a fresh
         connection instead of the next dead one.
         """
-        if _connection_lost(exc):
-            _log.warning(
-                "lost a connection to PostgreSQL at %s (%s, SQLSTATE %s): testing the pool's "
-                "idle connections",
-                describe_target(self._url),
-                type(exc).__name__,
-                getattr(exc, "sqlstate", None) or "none",
-            )
+        if self._failures.connection_lost(exc):
             try:
                 self._held.drain()  # parked connections back, so the check sees them
                 self._pool.check()
             except Exception as check_error:
                 _log.debug("the pool check failed: %s", type(check_error).__name__)
         if isinstance(exc, PoolTimeout):
-            return self._pool_timeout_error()
-        if isinstance(exc, _RETRYABLE):
-            return TransientError(f"PostgreSQL at {describe_target(self._url)}: {self._cause(exc)}")
-        return translate_error(exc)
-
-    def _cause(self, exc: Exception) -> str:
-        """What went wrong, as seen: never a DETAIL line (it may quote a token)."""
-        diag = getattr(exc, "diag", None)
-        primary = (diag.message_primary if diag is not None else None) or ""
-        if _connection_lost(exc):
-            seen = primary or _first_line(exc, self._url)
-            return f"the connection was lost ({seen})"
-        if isinstance(exc, psycopg.errors.LockNotAvailable):
-            return f"{primary or 'lock timeout'} (lock_timeout {self._lock_timeout:g} s)"
-        if isinstance(exc, psycopg.errors.QueryCanceled):
-            limit = self._statement_timeout
-            return f"{primary or 'statement cancelled'} (statement_timeout {limit:g} s)"
-        return primary or type(exc).__name__
-
-    def _pool_timeout_error(self) -> TransientError:
-        stats = self._pool.get_stats()
-        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
-        waited = _CHECKOUT_TIMEOUT.get() or self._pool_timeout
-        message = (
-            f"PostgreSQL at {describe_target(self._url)}: no connection free within "
-            f"{waited:g} s: {in_use} in use (max_open_conns {self._max_open})"
-        )
-        if (reason := self._breaker.reason) is not None:
-            message += f"; the last connection attempt failed ({reason})"
-        return TransientError(message)
+            return self._failures.pool_timeout(
+                self._pool.get_stats(), _CHECKOUT_TIMEOUT.get(), self._breaker.reason
+            )
+        return self._failures.translate(exc)
 
     def _reconnect(self) -> None:
         """One attempt of the breaker's reconnect loop, through the pool (no connection
@@ -610,10 +663,8 @@ class PostgresBackend(SqlBackend):
         bounded = _CHECKOUT_TIMEOUT.set(self._connect_timeout)
         try:
             super().health_check(tables=tables)
-        except TransientError as exc:
-            error: DatabaseError = exc  # names the server and the cause already
         except DatabaseError as exc:
-            error = DatabaseError(f"cannot reach PostgreSQL at {describe_target(self._url)}: {exc}")
+            error = self._failures.unreachable(exc)
         else:
             return
         finally:

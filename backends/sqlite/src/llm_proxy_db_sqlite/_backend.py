@@ -17,6 +17,7 @@ from typing import Any
 
 from llm_proxy_db import ConfigError, DatabaseError, FullConfig, TransientError
 from llm_proxy_db.sql import (
+    Connections,
     DbApiExecutor,
     DbApiMigrationConnection,
     Dialect,
@@ -31,7 +32,7 @@ from llm_proxy_db.sql import (
 from ._dialect import SQLITE
 from ._pool import Connection, ConnectionPool
 
-__all__ = ["SQLiteBackend", "translate_error"]
+__all__ = ["SQLiteBackend", "SQLiteFile", "translate_error"]
 
 _log = logging.getLogger(__name__)
 
@@ -153,6 +154,19 @@ def _enable_wal(conn: sqlite3.Connection, wait: float) -> None:
             time.sleep(0.01)
 
 
+def quick_check(path: str) -> Step[None]:
+    """``PRAGMA quick_check`` of the database at ``path``: ``DatabaseError`` naming the
+    first problems it reports."""
+    return Step("PRAGMA quick_check", decode=_quick_check_passed, subject=path)
+
+
+def _quick_check_passed(rows: list[Any], path: str) -> None:
+    problems = [str(row[0]) for row in rows if str(row[0]) != "ok"]
+    if problems:
+        shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+        raise DatabaseError(f"SQLite database {path!r} failed quick_check: {shown}")
+
+
 class _TimedExecutor(DbApiExecutor[Connection]):
     """The executor when ``statement_timeout`` is set: each statement runs with a deadline
     that the connection's progress handler enforces (SQLite interrupts the statement)."""
@@ -169,73 +183,57 @@ class _TimedExecutor(DbApiExecutor[Connection]):
             conn.deadline = math.inf
 
 
-class SQLiteBackend(SqlBackend):
-    """A ``Backend`` on one SQLite database file (or ``:memory:``).
-
-    ``dialect`` is :data:`SQLITE` unless a test asks for a variant (for example one
-    without ``UPDATE ... RETURNING``, the path MySQL takes).
-    """
+class SQLiteFile:
+    """One SQLite database as every backend of this package opens it: the path checked,
+    read-only files detected, each connection configured the same way (busy_timeout,
+    statement_timeout, foreign keys, Unicode ``lower``, WAL), driver errors translated
+    naming the file, and the executor over a set of its connections."""
 
     def __init__(self, config: FullConfig, *, dialect: Dialect = SQLITE) -> None:
-        self._dialect = dialect
-        self._busy_timeout = config.busy_timeout.total_seconds()
-        self._statement_timeout = config.statement_timeout.total_seconds()
-        self._path = _database_file(config.path)
-        self._read_only = _read_only_reason(self._path)
-        if self._read_only is not None:
+        self.dialect = dialect
+        self.busy_timeout = config.busy_timeout.total_seconds()
+        self.statement_timeout = config.statement_timeout.total_seconds()
+        self.path = _database_file(config.path)
+        self.read_only = _read_only_reason(self.path)
+        """Why the file cannot be written here, or None."""
+        if self.read_only is not None:
             _log.info(
                 "opening SQLite database %r read-only: %s; writes will fail",
-                self._path,
-                self._read_only,
+                self.path,
+                self.read_only,
             )
-        in_memory = self._path == ":memory:"
-        if in_memory:
-            # One connection behind the pool's lock: every thread sees the same database.
-            self._shared = self._connect()
-        self._pool = ConnectionPool(
-            self._shared_connection if in_memory else self._connect,
-            max_open=1 if in_memory else config.max_open_conns,
-            max_idle=1 if in_memory else config.max_idle_conns,
-            max_lifetime=float("inf") if in_memory else config.conn_max_lifetime.total_seconds(),
-            timeout=config.pool_timeout.total_seconds(),
-            shared=in_memory,
-        )
-        # Each thread keeps the connection it used last (no pool round per call), at most
-        # max_idle_conns of them: a held connection waiting for its thread is an idle one.
-        self._held = HeldConnections(
-            self._pool,
-            hold=self._pool.max_idle,
-            expires=self._pool.expires,
-        )
+        self.in_memory = self.path == ":memory:"
+
+    def executor(self, connections: Connections[Connection]) -> DbApiExecutor[Connection]:
+        """The executor over ``connections`` (a deadline per statement when
+        ``statement_timeout`` is set)."""
         options: dict[str, Any] = {
-            "dialect": dialect,
+            "dialect": self.dialect,
             "driver_error": sqlite3.Error,
-            "translate": self._translate,
+            "translate": self.translate,
             "transaction_aborted": _transaction_aborted,
         }
-        executor: DbApiExecutor[Connection]
-        if self._statement_timeout > 0:
-            executor = _TimedExecutor(self._held, **options)
-            executor.limit = self._statement_timeout
-        else:  # the plain executor: no deadline kept per statement
-            executor = DbApiExecutor(self._held, **options)
-        super().__init__(executor, Statements(dialect))
-        self._in_memory = in_memory
+        if self.statement_timeout > 0:
+            timed = _TimedExecutor(connections, **options)
+            timed.limit = self.statement_timeout
+            return timed
+        return DbApiExecutor(connections, **options)  # no deadline kept per statement
 
-    def _connect(self) -> Connection:
-        if self._read_only is not None:
+    def connect(self) -> Connection:
+        """A new connection, configured (read-only where the file cannot be written)."""
+        if self.read_only is not None:
             return self._configure(self._open_read_only())
         try:
             conn = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
+                self.path,
+                timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
                 factory=Connection,
-                uri=self._path.startswith("file:"),
+                uri=self.path.startswith("file:"),
             )
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open SQLite database {self._path!r}: {exc}") from None
+            raise DatabaseError(f"cannot open SQLite database {self.path!r}: {exc}") from None
         return self._configure(conn)
 
     def _open_read_only(self) -> Connection:
@@ -243,12 +241,12 @@ class SQLiteBackend(SqlBackend):
         without its ``-shm`` file in a read-only folder), ``immutable=1`` when no ``-wal``
         file exists either."""
         error = ""
-        modes = (False,) if os.path.exists(self._path + "-wal") else (False, True)
+        modes = (False,) if os.path.exists(self.path + "-wal") else (False, True)
         for immutable in modes:
             try:
                 conn = sqlite3.connect(
-                    _read_only_uri(self._path, immutable=immutable),
-                    timeout=self._busy_timeout,
+                    _read_only_uri(self.path, immutable=immutable),
+                    timeout=self.busy_timeout,
                     isolation_level=None,
                     check_same_thread=False,
                     factory=Connection,
@@ -268,60 +266,94 @@ class SQLiteBackend(SqlBackend):
             assert isinstance(conn, Connection)
             return conn
         raise DatabaseError(
-            f"cannot open SQLite database {self._path!r} read-only ({self._read_only}): {error}"
+            f"cannot open SQLite database {self.path!r} read-only ({self.read_only}): {error}"
         )
 
     def _configure(self, conn: sqlite3.Connection) -> Connection:
         assert isinstance(conn, Connection)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            if self._statement_timeout > 0:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if self.statement_timeout > 0:
                 conn.set_progress_handler(conn.past_deadline, _PROGRESS_OPCODES)
             conn.execute("PRAGMA foreign_keys = ON")
             # SQLite's own lower() folds ASCII only; audit search is case-insensitive for
             # every script, as on the other backends.
             conn.create_function("lower", 1, _unicode_lower, deterministic=True)
-            if self._path != ":memory:" and self._read_only is None:
-                _enable_wal(conn, max(self._busy_timeout, 1.0))
+            if self.path != ":memory:" and self.read_only is None:
+                _enable_wal(conn, max(self.busy_timeout, 1.0))
                 conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             conn.close()
-            raise DatabaseError(f"cannot open SQLite database {self._path!r}: {exc}") from None
+            raise DatabaseError(f"cannot open SQLite database {self.path!r}: {exc}") from None
         return conn
 
-    def _translate(self, exc: Exception) -> DatabaseError:
+    def translate(self, exc: Exception) -> DatabaseError:
         """``translate_error``, naming the file and the timeout that ran out."""
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF == _READONLY_CODE:
-            why = f" ({self._read_only})" if self._read_only else ""
+            why = f" ({self.read_only})" if self.read_only else ""
             return DatabaseError(
-                f"the SQLite database {self._path!r} is read-only{why}: it can be read, not written"
+                f"the SQLite database {self.path!r} is read-only{why}: it can be read, not written"
             )
         if code is not None and code & 0xFF in _BUSY_CODES:
             return TransientError(
-                f"the SQLite database {self._path!r} is locked: another connection held its "
-                f"lock longer than busy_timeout ({self._busy_timeout:g} s); retry later"
+                f"the SQLite database {self.path!r} is locked: another connection held its "
+                f"lock longer than busy_timeout ({self.busy_timeout:g} s); retry later"
             )
         if code is not None and code & 0xFF == _INTERRUPT_CODE:
             return TransientError(
-                f"a statement on the SQLite database {self._path!r} ran longer than "
-                f"statement_timeout ({self._statement_timeout:g} s) and was interrupted"
+                f"a statement on the SQLite database {self.path!r} ran longer than "
+                f"statement_timeout ({self.statement_timeout:g} s) and was interrupted"
             )
         if code is not None and code & 0xFF == _FULL_CODE:
             return DatabaseError(
-                f"the SQLite database {self._path!r} could not grow: the disk or its "
+                f"the SQLite database {self.path!r} could not grow: the disk or its "
                 "quota is full; nothing of the failed call was stored"
             )
         return translate_error(exc)
 
+
+class SQLiteBackend(SqlBackend):
+    """A ``Backend`` on one SQLite database file (or ``:memory:``).
+
+    ``dialect`` is :data:`SQLITE` unless a test asks for a variant (for example one
+    without ``UPDATE ... RETURNING``, the path MySQL takes).
+    """
+
+    def __init__(self, config: FullConfig, *, dialect: Dialect = SQLITE) -> None:
+        database = self._database = SQLiteFile(config, dialect=dialect)
+        self._dialect = dialect
+        self._path = database.path
+        self._translate = database.translate
+        in_memory = database.in_memory
+        if in_memory:
+            # One connection behind the pool's lock: every thread sees the same database.
+            self._shared = self._connect()
+        self._pool = ConnectionPool(
+            self._shared_connection if in_memory else self._connect,
+            max_open=1 if in_memory else config.max_open_conns,
+            max_idle=1 if in_memory else config.max_idle_conns,
+            max_lifetime=float("inf") if in_memory else config.conn_max_lifetime.total_seconds(),
+            timeout=config.pool_timeout.total_seconds(),
+            shared=in_memory,
+        )
+        # Each thread keeps the connection it used last (no pool round per call), at most
+        # max_idle_conns of them: a held connection waiting for its thread is an idle one.
+        self._held = HeldConnections(
+            self._pool,
+            hold=self._pool.max_idle,
+            expires=self._pool.expires,
+        )
+        super().__init__(database.executor(self._held), Statements(dialect))
+        self._in_memory = in_memory
+
+    def _connect(self) -> Connection:
+        return self._database.connect()
+
     def check_integrity(self) -> None:
         """``PRAGMA quick_check``: every page of the file read and checked (the b-tree
         structure, not index contents); raise ``DatabaseError`` naming the first problems."""
-        rows: list[Any] = self._executor.run(Step("PRAGMA quick_check"))
-        problems = [str(row[0]) for row in rows if str(row[0]) != "ok"]
-        if problems:
-            shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
-            raise DatabaseError(f"SQLite database {self._path!r} failed quick_check: {shown}")
+        self._executor.run(quick_check(self._path))
 
     def _shared_connection(self) -> Connection:
         return self._shared

@@ -21,6 +21,7 @@ def _backend_document(info: BackendInfo) -> dict[str, Any]:
         "version": info.version,
         "description": info.spec.description if info.spec else None,
         "capabilities": list(info.capabilities),
+        "async": _async_mode(info),
         "error": info.error,
         "skipped": info.skipped,
     }
@@ -32,8 +33,9 @@ def _backend_document(info: BackendInfo) -> dict[str, Any]:
 def backends(state: State) -> None:
     """List the installed backends.
 
-    Each with its distribution, version, capabilities, and load error if any. Needs no
-    database, so it works even when the configuration is broken.
+    Each with its distribution, version, capabilities, how ``llm_proxy_db.aio`` runs it
+    (native, or in worker threads), and load error if any. Needs no database, so it works
+    even when the configuration is broken.
     """
     infos = list_backends()
     if state.json:
@@ -56,10 +58,20 @@ def backends(state: State) -> None:
                 info.distribution or "-",
                 info.version or "-",
                 ",".join(info.capabilities) or "-",
+                _async_mode(info) or "-",
                 state_text,
             )
         )
-    click.echo(table(("NAME", "DISTRIBUTION", "VERSION", "CAPABILITIES", "STATUS"), rows))
+    header = ("NAME", "DISTRIBUTION", "VERSION", "CAPABILITIES", "ASYNC", "STATUS")
+    click.echo(table(header, rows))
+
+
+def _async_mode(info: BackendInfo) -> str | None:
+    """How ``llm_proxy_db.aio`` runs the backend: ``native``, ``threads`` (the offload
+    adapter), or None when it did not load."""
+    if info.spec is None:
+        return None
+    return "native" if info.native_async else "threads"
 
 
 @click.command()

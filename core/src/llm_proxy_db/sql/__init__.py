@@ -28,7 +28,7 @@ from ._migrate import (
 )
 from ._operation import Flow, Operation, Step, Steps
 from ._statements import RowCodec, Statements
-from ._stores import AsyncSqlStores, SqlBackend, SqlStores
+from ._stores import AsyncSqlBackend, AsyncSqlStores, SqlBackend, SqlStores
 from ._timestamps import (
     decode_naive_utc,
     decode_text_timestamp,
@@ -39,6 +39,7 @@ from ._timestamps import (
 __all__ = [
     "AsyncDbApiExecutor",
     "AsyncExecutor",
+    "AsyncSqlBackend",
     "AsyncSqlStores",
     "Connections",
     "DbApiExecutor",

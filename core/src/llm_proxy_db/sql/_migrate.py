@@ -298,6 +298,14 @@ class Migrations:
         with self._target.migration_connection(exclusive=False) as conn:
             return self._version(conn)
 
+    def on_open(self, *, auto_migrate: bool) -> None:
+        """What opening a database does: :meth:`up` when ``auto_migrate``, else
+        :meth:`check_schema`."""
+        if auto_migrate:
+            self.up()
+        else:
+            self.check_schema()
+
     def check_schema(self) -> None:
         """``MigrationError`` unless this package knows every version the database has.
 

@@ -8,18 +8,18 @@ besides its connections: transactions and the health check.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
-from .._delegation import ForwardedStores, forwarding
+from .._delegation import AsyncForwardedStores, ForwardedStores, forwarding
 from .._protocols import Stores
-from ._execute import AsyncExecutor, DbApiExecutor, Executor
+from ._execute import AsyncDbApiExecutor, AsyncExecutor, DbApiExecutor, Executor
 from ._logic import StoreLogic
 from ._operation import Flow, Step, Steps
 from ._statements import Statements
 
-__all__ = ["AsyncSqlStores", "SqlBackend", "SqlStores"]
+__all__ = ["AsyncSqlBackend", "AsyncSqlStores", "SqlBackend", "SqlStores"]
 
 _CALL = "self._executor.run(self._logic.{name}({args}))"
 
@@ -54,7 +54,7 @@ class SqlStores(ForwardedStores):
 
 
 @forwarding(_CALL, protocol=Stores, awaiting=True)
-class AsyncSqlStores:
+class AsyncSqlStores(AsyncForwardedStores):
     """The awaiting twin of :class:`SqlStores`: every method of ``Stores`` as a coroutine
     (same name, parameters and errors) over an :class:`AsyncExecutor` and the same
     :class:`StoreLogic`."""
@@ -62,10 +62,6 @@ class AsyncSqlStores:
     def __init__(self, executor: AsyncExecutor, logic: StoreLogic) -> None:
         self._executor = executor
         self._logic = logic
-
-    if TYPE_CHECKING:  # the methods are generated from Stores, as coroutines
-
-        def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]: ...
 
 
 class SqlBackend(SqlStores):
@@ -100,3 +96,27 @@ class SqlBackend(SqlStores):
         """The store methods on one connection, in one transaction."""
         with self.executor.transaction() as bound:
             yield SqlStores(bound, self._logic)
+
+
+class AsyncSqlBackend(AsyncSqlStores):
+    """The awaiting twin of :class:`SqlBackend`: an ``AsyncBackend`` but for ``close()``,
+    over an :class:`AsyncDbApiExecutor`."""
+
+    def __init__(self, executor: AsyncDbApiExecutor[Any], statements: Statements) -> None:
+        super().__init__(executor, StoreLogic(statements))
+        self.executor = executor
+        """The executor: :meth:`AsyncDbApiExecutor.connection` lends a connection."""
+
+    async def health_check(self, *, tables: bool = True) -> None:
+        """As :meth:`SqlBackend.health_check`, awaited."""
+        await self._executor.run(_HEALTH_CHECK if tables else Step("SELECT 1"))
+
+    async def check_integrity(self) -> None:
+        """As :meth:`SqlBackend.check_integrity`, awaited."""
+        await self._executor.run(_COUNT_ROWS)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSqlStores]:
+        """The store methods on one connection, in one transaction."""
+        async with self.executor.transaction() as bound:
+            yield AsyncSqlStores(bound, self._logic)

@@ -1,7 +1,9 @@
 """The conformance suite every backend runs (needs the ``llm-proxy-db[testing]`` extra).
 
 A backend's test module subclasses :class:`StoreConformance` and overrides the
-``backend_factory`` fixture; see the class's docstring.
+``backend_factory`` fixture, and :class:`AsyncStoreConformance` (the same suite on the
+backend's ``AsyncDB``, plus async-only tests) overriding ``async_backend_factory``; see
+the classes' docstrings.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ pytest.register_assert_rewrite(
     *(
         f"{__name__}.{module}"
         for module in (
+            "_async_conformance",
+            "_async_only",
             "_audit",
             "_base",
             "_calls",
@@ -21,6 +25,7 @@ pytest.register_assert_rewrite(
             "_conformance",
             "_failures",
             "_lifecycle",
+            "_portal",
             "_projects",
             "_races",
             "_reference",
@@ -32,7 +37,16 @@ pytest.register_assert_rewrite(
     )
 )
 
+from ._async_conformance import AsyncStoreConformance  # noqa: E402
+from ._async_only import AsyncBackendFactory  # noqa: E402
 from ._base import BackendFactory, pinned_clock, requires  # noqa: E402
 from ._conformance import StoreConformance  # noqa: E402
 
-__all__ = ["BackendFactory", "StoreConformance", "pinned_clock", "requires"]
+__all__ = [
+    "AsyncBackendFactory",
+    "AsyncStoreConformance",
+    "BackendFactory",
+    "StoreConformance",
+    "pinned_clock",
+    "requires",
+]

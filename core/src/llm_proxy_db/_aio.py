@@ -1,0 +1,202 @@
+"""``AsyncDB``: the ``DB`` facade's contract on an event loop.
+
+Every store method of ``DB`` is here as a coroutine with the same name, parameters,
+result and errors (generated from the same protocol, so the two cannot drift), the same
+argument checks, closed behaviour and transaction rule: a call on the ``AsyncDB`` from
+inside its own open ``transaction()`` block, in the task that opened it or a task started
+inside the block, raises ``DatabaseError`` at once. An ``AsyncDB`` belongs to the loop
+that opened it; a call from another loop raises ``DatabaseError`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+from . import _transaction_rule
+from ._config import Config, FullConfig, config_from_env
+from ._db import _Closed, open_backend
+from ._delegation import AsyncForwardedStores, forwarding
+from ._encrypting import AsyncEncryptingBackend
+from ._encryption import Cipher
+from ._errors import DatabaseError
+from ._offload import OffloadBackend
+from ._protocols import AsyncBackend, AsyncStores, Stores
+from ._registry import BackendSpec, Capabilities, get_backend_spec
+
+__all__ = ["AsyncDB", "AsyncStoreFacade", "new", "new_from_full_config"]
+
+_CHECKED_CALL = "self._stores.{name}({args})"
+
+
+@forwarding(_CHECKED_CALL, protocol=Stores, checked=True, awaiting=True)
+class AsyncStoreFacade(AsyncForwardedStores):
+    """The store methods as coroutines, checked for argument types, then handed to the
+    backend: the object an ``AsyncDB.transaction()`` block yields."""
+
+    __slots__ = ("_stores",)
+
+    def __init__(self, stores: AsyncStores) -> None:
+        self._stores = stores
+
+
+class _Ended(_Closed):
+    """Stands in for a transaction's stores once its block has ended."""
+
+    message = "the transaction has ended; use the AsyncDB, or start a new transaction"
+
+
+def _wrong_loop(db: AsyncDB) -> DatabaseError:
+    return DatabaseError(
+        f"{db!r} was opened on another event loop: an AsyncDB belongs to the loop that "
+        "opened it (open one per loop, e.g. per thread running asyncio.run)"
+    )
+
+
+@forwarding(
+    _CHECKED_CALL,
+    checked=True,
+    guarded=True,
+    awaiting=True,
+    prelude="if _running_loop() is not self._loop: raise _wrong_loop(self)",
+    namespace={"_running_loop": asyncio.get_running_loop, "_wrong_loop": _wrong_loop},
+)
+class AsyncDB(AsyncStoreFacade):
+    """An open database on an event loop: the three stores as coroutines, transactions
+    and the health check.
+
+    Open one with ``await aio.new(...)`` or ``await aio.new_from_full_config(...)``; close
+    it with ``await db.close()`` or use it as ``async with db:``. Safe to share between the
+    tasks of its loop.
+    """
+
+    __slots__ = ("__weakref__", "_backend", "_loop", "backend_spec", "config")
+
+    def __init__(
+        self,
+        backend: AsyncBackend,
+        *,
+        config: FullConfig,
+        backend_spec: BackendSpec,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(backend)
+        self._backend: AsyncBackend | Any = backend
+        self._loop = loop
+        self.config = config
+        """The configuration this database was opened with."""
+        self.backend_spec = backend_spec
+        """The spec of the backend behind this database."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The optional abilities the backend declares."""
+        return self.backend_spec.capabilities
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return isinstance(self._backend, _Closed)
+
+    def _check(self, call: str) -> None:
+        if asyncio.get_running_loop() is not self._loop:
+            raise _wrong_loop(self)
+        _transaction_rule.refuse(self, call, blocking=False)
+
+    async def close(self) -> None:
+        """Release every connection and thread. Idempotent; later calls raise
+        ``DatabaseError``."""
+        self._check("close")
+        backend, self._backend = self._backend, _Closed()
+        self._stores = self._backend
+        if not isinstance(backend, _Closed):
+            await backend.close()
+
+    async def health_check(self) -> None:
+        """Raise ``DatabaseError`` unless the storage answers."""
+        self._check("health_check")
+        await self._backend.health_check()
+
+    async def check_integrity(self) -> bool:
+        """As ``DB.check_integrity``: the backend's deep integrity check, if it has one
+        (an optional ``async check_integrity()``). True when it ran and passed; False when
+        the backend has none; ``DatabaseError`` when it fails."""
+        self._check("check_integrity")
+        check = getattr(self._backend, "check_integrity", None)
+        if check is None:
+            return False
+        return await check() is not False  # the offload adapter tells "none" with False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncStoreFacade]:
+        """A unit of work: commits on normal exit, rolls back everything on an exception
+        or a cancellation. Inside the block use the object it yields."""
+        self._check("transaction")
+        async with self._backend.transaction() as stores:
+            facade = AsyncStoreFacade(stores)
+            block = _transaction_rule.enter(self, blocking=False)
+            try:
+                yield facade
+            finally:
+                facade._stores = _Ended()
+                _transaction_rule.leave(block)
+
+    async def __aenter__(self) -> AsyncDB:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<AsyncDB {self.backend_spec.name} {state}>"
+
+    def __del__(self) -> None:
+        if not self.closed:
+            warnings.warn(
+                f"{self!r} was garbage-collected while open: await db.close() (or use "
+                "async with) to release its connections",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+
+
+async def new(config: Config | None = None) -> AsyncDB:
+    """Open the default SQLite database on the running loop (``data/llm-proxy.db`` unless
+    ``config`` says)."""
+    return await new_from_full_config(FullConfig.from_config(config or Config()))
+
+
+async def new_from_full_config(config: FullConfig | None = None) -> AsyncDB:
+    """Open the backend named by ``config.driver`` (default: :func:`config_from_env`) on
+    the running loop, pending migrations first (run in a worker thread, off the loop).
+
+    A backend with an ``async_factory`` runs natively; any other runs in worker threads of
+    the ``AsyncDB``'s own (``max_open_conns`` of them).
+    """
+    loop = asyncio.get_running_loop()
+    config = config_from_env() if config is None else config
+    spec = get_backend_spec(config.driver)
+    backend: AsyncBackend
+    async_factory = spec.async_factory
+    if async_factory is None:
+        opened, spec, _ = await asyncio.to_thread(open_backend, config)
+        backend = OffloadBackend(opened, threads=config.max_open_conns)
+    else:
+        cipher = Cipher.from_config(config)  # a bad key fails before anything opens
+        migrated, spec, _ = await asyncio.to_thread(open_backend, config)  # migrations
+        await asyncio.to_thread(migrated.close)
+        backend = await async_factory(config)
+        if cipher is not None:
+            backend = AsyncEncryptingBackend(backend, cipher)
+    return AsyncDB(backend, config=config, backend_spec=spec, loop=loop)
