@@ -190,6 +190,8 @@ def test_200_tasks_on_a_limit_of_50_exactly_50_succeed(postgres_url: str) -> Non
 
 
 CANCELLATIONS = 1000
+"""Tasks really cancelled (the issue's 1,000 random cancellations)."""
+MAX_TASKS = 20_000
 BATCH = 50
 MAX_OPEN = 8
 
@@ -221,7 +223,11 @@ def test_random_cancellations_lose_no_connection_and_no_rolled_back_write(
                     await tx.increment_token_usage(tx_token)
                     reached.append(True)  # only the COMMIT is left
 
-            for start in range(0, CANCELLATIONS, BATCH):
+            # Batches until CANCELLATIONS tasks were really cancelled (a task may finish
+            # before its cancel arrives), at most MAX_TASKS tasks in all.
+            start = 0
+            while figures["inc_cancelled"] + figures["tx_cancelled"] < CANCELLATIONS:
+                assert start < MAX_TASKS, f"only {figures} after {start} tasks"
                 tasks: list[tuple[asyncio.Task[None], str | None, list[bool]]] = []
                 for i in range(start, start + BATCH):
                     if i % 2:
@@ -232,6 +238,7 @@ def test_random_cancellations_lose_no_connection_and_no_rolled_back_write(
                 for task, _, _ in tasks:
                     delay = rng.uniform(0, 0.08)
                     asyncio.get_running_loop().call_later(delay, task.cancel)
+                start += BATCH
                 await asyncio.wait([task for task, _, _ in tasks])
                 for task, event_id, reached in tasks:
                     kind = "inc" if event_id is None else "tx"
@@ -280,7 +287,7 @@ def test_random_cancellations_lose_no_connection_and_no_rolled_back_write(
     _run(test)
     with capsys.disabled():
         print(f"\ncancellations: {figures} in {time.monotonic() - started:.1f} s")
-    assert figures["inc_cancelled"] + figures["tx_cancelled"] > CANCELLATIONS // 4
+    assert figures["inc_cancelled"] + figures["tx_cancelled"] >= CANCELLATIONS
 
 
 def test_a_cancelled_long_statement_ends_at_once_and_its_connection_comes_back(
