@@ -1,3 +1,3 @@
 """Root conftest: shares the fixture plugins of tests/fixtures with every test folder."""
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.log_secrets"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.mysql", "tests.fixtures.log_secrets"]

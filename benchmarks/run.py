@@ -1,6 +1,7 @@
 """The benchmark: llm-proxy-db against the bare drivers (and SQLAlchemy Core), in one run.
 
-    python benchmarks/run.py [--quick] [--postgres URL | --no-postgres] [--json PATH]
+    python benchmarks/run.py [--quick] [--postgres URL | --no-postgres]
+        [--mysql URL | --no-mysql] [--json PATH]
 
 It builds the data (10,000 tokens in 100 projects; 100k, then 1M audit events, mostly in
 one project), then times each operation through the ``DB`` facade, through the raw driver
@@ -13,7 +14,10 @@ threads), and on PostgreSQL 4 processes x 8 threads on one database whose reques
 must add up exactly to the acknowledged increments. Then the asyncio API, on one event loop
 per backend and the same database: ``AsyncDB`` token calls against a raw psycopg
 ``AsyncConnectionPool`` of the same size (1 task, 64 tasks) and against raw aiosqlite, when
-installed (1 task), and increments at 8 tasks against the ``DB`` at 8 threads.
+installed (1 task), and increments at 8 tasks against the ``DB`` at 8 threads. On MySQL
+(MariaDB), when the ``mysql`` backend is installed: the token calls against raw PyMySQL
+running the same statements on a held connection, at 1 thread and at 8 (one connection
+per thread).
 
 The run starts by checking that every variant returns equal values, and exits 1 when a
 check fails; missed targets only print (CI runs ``--quick`` to keep this working and
@@ -68,6 +72,7 @@ from llm_proxy_db.sql import (
 from llm_proxy_db_sqlite._dialect import SQLITE
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
 PAGE = 100
 DEEP_PAGE = 1000
 
@@ -1475,6 +1480,184 @@ def processes_run(
     return figures
 
 
+# -- MySQL / MariaDB ------------------------------------------------------------------------------
+
+MYSQL_THREADS = (1, 8)
+"""The thread counts of the MySQL rows (issue 13's bars)."""
+
+
+def mysql_connect_kwargs(url: str) -> dict[str, Any]:
+    """PyMySQL ``connect`` arguments for a ``mysql://`` (or ``mariadb://``) URL."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    kwargs: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+        "connect_timeout": 5,
+    }
+    if parts.path.strip("/"):
+        kwargs["database"] = unquote(parts.path.strip("/"))
+    return kwargs
+
+
+def mysql_session_kwargs(config: FullConfig, *, mariadb: bool) -> dict[str, Any]:
+    """What the MySQL backend sets on each of its connections: rowcounts of matched rows
+    (``CLIENT.FOUND_ROWS``), autocommit, ``utf8mb4`` and its ``SET SESSION`` (UTC, the
+    strict ``sql_mode``, the lock wait and statement time limits)."""
+    from pymysql.constants import CLIENT
+
+    from llm_proxy_db_mysql._backend import session_settings
+
+    return {
+        "client_flag": CLIENT.FOUND_ROWS,
+        "autocommit": True,
+        "charset": "utf8mb4",
+        "init_command": session_settings(config, mariadb=mariadb),
+    }
+
+
+def bench_mysql(url: str, sizes: Sizes) -> Report | None:
+    """The MySQL token figures, in a database of its own (dropped at the end); None when
+    the backend is not installed or (outside CI, where that fails the run) no server
+    answers."""
+    try:
+        import pymysql
+
+        from llm_proxy_db_mysql._dialect import MYSQL
+    except ImportError as exc:
+        print(f"MySQL: skipped, its backend is not installed ({exc}); --no-mysql to silence")
+        return None
+    from urllib.parse import urlsplit, urlunsplit
+
+    server = mysql_connect_kwargs(url)
+    database = f"llmpdb_bench_{os.getpid()}"
+    try:
+        admin = pymysql.connect(**server, autocommit=True)
+    except pymysql.Error as exc:
+        if os.environ.get("CI"):
+            raise CheckFailed(f"MySQL is required under CI: {exc}") from None
+        print(f"MySQL: skipped, no server answers ({exc}); --no-mysql to silence")
+        return None
+    report = Report("mysql")
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            report.extra["server"] = str(cur.fetchone()[0])
+            cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+        scoped = urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+        pool = max(16, *MYSQL_THREADS)
+        config = FullConfig(
+            driver="mysql", database_url=scoped, max_open_conns=pool, max_idle_conns=pool
+        )
+        db = new_from_full_config(config)  # migrated by the library
+        try:
+            session = mysql_session_kwargs(
+                config, mariadb="mariadb" in report.extra["server"].lower()
+            )
+            mysql_body(report, db, MYSQL, {**server, **session, "database": database}, sizes)
+        finally:
+            db.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        admin.close()
+    return report
+
+
+def mysql_body(
+    report: Report, db: DB, dialect: Dialect, server: dict[str, Any], sizes: Sizes
+) -> None:
+    import pymysql
+
+    st = Statements(dialect)
+    projects, token_params, _ = seed_rows(dialect, sizes)
+    tokens = [row[1] for row in token_params]
+
+    def connect() -> pymysql.connections.Connection[Any]:
+        return pymysql.connect(**server)
+
+    started = time.perf_counter()
+    with connect() as build, build.cursor() as cur:
+        build.begin()
+        cur.executemany(st.insert_project, projects)
+        cur.executemany(st.insert_token, token_params)
+        build.commit()
+    report.extra["build_seconds"] = [round(time.perf_counter() - started, 2)]
+    decode = dialect.decode_time
+
+    def raw_calls(
+        conn: pymysql.connections.Connection[Any],
+    ) -> tuple[Callable[[str], tuple[Any, ...]], Callable[[str], tuple[Any, ...]]]:
+        """The library's statements on one held connection: a read; an UPDATE (the count
+        in its OK packet), then the row read back."""
+        cur = conn.cursor()
+
+        def get(token: str) -> tuple[Any, ...]:
+            cur.execute(st.get_token, (token,))
+            return decoded_token(cur.fetchall()[0], decode)
+
+        def increment(token: str) -> tuple[Any, ...]:
+            stamp = dialect.encode_time(datetime.now(UTC))
+            if cur.execute(st.increment_usage, (stamp, token, stamp)) != 1:
+                raise CheckFailed(f"raw increment of {token[:8]}... counted nothing")
+            return get(token)
+
+        return get, increment
+
+    held = connect()
+    conns: list[pymysql.connections.Connection[Any]] = []
+    try:
+        raw_get, raw_increment = raw_calls(held)
+        token = tokens[0]
+        check("raw get_token_by_id", raw_get(token), values(db.get_token_by_id(token)))
+        counted = values(db.increment_token_usage(token))
+        check("increment read back raw", raw_get(token), counted)
+        again = raw_increment(token)
+        check("raw increment_token_usage", again, values(db.get_token_by_id(token)))
+        check("raw increment counted one more", again[5], counted[5] + 1)
+        calls = sizes.block
+        picked = [tokens[i * len(tokens) // calls] for i in range(calls)]
+        pairs: list[tuple[str, Callable[[str], object], Callable[[str], object]]] = [
+            ("get_token_by_id", db.get_token_by_id, raw_get),
+            ("increment_token_usage", db.increment_token_usage, raw_increment),
+        ]
+        for operation, ours, raw in pairs:
+            times = interleave({"ours": ours, "raw": raw}, lambda name: picked, sizes.rounds)
+            report.rows.append(ratio_row(f"{operation} (1 thread)", times, "ours", "raw", 1.15))
+        count = max(MYSQL_THREADS)
+        conns = [connect() for _ in range(count)]
+        per_thread = [raw_calls(conn) for conn in conns]
+        for position, (operation, ours, _) in enumerate(pairs):
+
+            def mine(index: int, fn: Callable[[str], object] = ours) -> Callable[[], object]:
+                token = tokens[index]
+                return lambda: fn(token)
+
+            def theirs(index: int, position: int = position) -> Callable[[], object]:
+                token, fn = tokens[index], per_thread[index][position]
+                return lambda: fn(token)
+
+            rates = thread_rounds({"ours": mine, "raw": theirs}, count, sizes)
+            report.rows.append(
+                ratio_row(
+                    f"{operation} x {count} threads",
+                    rates,
+                    "ours",
+                    "raw",
+                    round(1 / 1.15, 2),
+                    higher_is_better=True,
+                    unit="ops/s",
+                    note="raw: a held connection per thread",
+                )
+            )
+    finally:
+        for conn in [held, *conns]:
+            conn.close()
+
+
 # -- output --------------------------------------------------------------------------------------
 
 
@@ -1510,8 +1693,15 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_POSTGRES,
         help="PostgreSQL database to use (a schema of its own, dropped after)",
     )
-    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
-    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
+    parser.add_argument(
+        "--mysql",
+        metavar="URL",
+        default=DEFAULT_MYSQL,
+        help="MySQL or MariaDB server to use (a database of its own, dropped after)",
+    )
+    parser.add_argument("--no-mysql", action="store_true", help="skip MySQL")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip SQLite")
     parser.add_argument("--no-sqlalchemy", action="store_true", help="skip SQLAlchemy Core")
     parser.add_argument(
         "--json", metavar="PATH", help="where to write every figure (default: the temp folder)"
@@ -1534,6 +1724,11 @@ def main(argv: list[str] | None = None) -> int:
                 if postgres is not None:
                     reports.append(postgres)
                     print_report(postgres)
+            if not args.no_mysql:
+                mysql = bench_mysql(args.mysql, sizes)
+                if mysql is not None:
+                    reports.append(mysql)
+                    print_report(mysql)
     except CheckFailed as failure:
         print(f"CHECK FAILED: {failure}", file=sys.stderr)
         status = 1

@@ -16,6 +16,7 @@ import pytest
 
 from llm_proxy_db import DB, FullConfig, new_from_full_config
 from llm_proxy_db.testing import BackendFactory, StoreConformance
+from tests.fixtures.mysql import MySQLServer
 from tests.fixtures.postgres import PostgresServer
 
 pytest_plugins = ["pytester"]
@@ -38,10 +39,18 @@ def _postgres_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConf
     return FullConfig(driver="postgres", database_url=server.new_schema_url(), max_idle_conns=1)
 
 
+def _mysql_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConfig:
+    # A fresh database on the test server (tests/fixtures/mysql.py); every database of the
+    # session is dropped at its end.
+    server: MySQLServer = request.getfixturevalue("mysql_server")
+    return FullConfig(driver="mysql", database_url=server.new_database_url(), max_idle_conns=1)
+
+
 CONFIG_BUILDERS: dict[str, ConfigBuilder] = {
     "memory": _memory_config,
     "sqlite": _sqlite_config,
     "postgres": _postgres_config,
+    "mysql": _mysql_config,
 }
 
 DRIVER = os.environ.get("DB_DRIVER", "").strip().lower() or "memory"

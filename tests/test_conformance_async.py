@@ -25,8 +25,9 @@ class TestAsyncConformance(AsyncStoreConformance):
         if DRIVER not in CONFIG_BUILDERS:
             pytest.fail(f"no config builder for DB_DRIVER={DRIVER!r} in tests/test_conformance.py")
         build = CONFIG_BUILDERS[DRIVER]
-        if DRIVER == "postgres":
-            request.getfixturevalue("postgres_server")  # set up here, not on a portal's thread
+        if DRIVER in ("postgres", "mysql"):
+            # The server fixture is set up here, not on a portal's thread.
+            request.getfixturevalue(f"{DRIVER}_server")
         made = 0
 
         async def factory(*, reopen: AsyncDB | None = None) -> AsyncDB:

@@ -1,8 +1,9 @@
 """Fixtures for the command-line tests: the real console script, in a subprocess.
 
 The database the subprocesses use comes from ONE fixture, ``cli_env``: SQLite in the test's
-folder. To run the ``postgres_smoke`` tests on PostgreSQL, parametrize ``cli_env`` to set
-``DB_DRIVER=postgres`` and ``DATABASE_URL`` (a fresh schema per test) instead.
+folder. The ``server_smoke`` tests also run on PostgreSQL and MySQL: with ``DB_DRIVER=postgres``
+or ``DB_DRIVER=mysql`` in the run's environment, ``cli_env`` sets that driver and a
+``DATABASE_URL`` (a fresh schema, or database, per test) instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import attrs
 import pytest
 
 from llm_proxy_db import DB, config_from_env, new_from_full_config
+from tests.fixtures.mysql import MySQLServer
 from tests.fixtures.postgres import PostgresServer
 
 API_KEY = "sk-upstream-SECRET-0123456789abcdef"
@@ -31,7 +33,8 @@ _CONFIG_PREFIXES = ("DB_", "DATABASE_", "LLM_PROXY_DB_")
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "postgres_smoke: CLI test that also runs against PostgreSQL (cli_env switches backend)",
+        "server_smoke: CLI test that also runs against PostgreSQL and MySQL (cli_env switches"
+        " backend)",
     )
 
 
@@ -53,16 +56,26 @@ def cli_env(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
     """The environment of every CLI subprocess: the database settings live here only.
 
     SQLite in the test's folder; with ``DB_DRIVER=postgres`` in the test run's own
-    environment (the tox ``postgres`` env), a fresh schema on the test server instead.
+    environment (the tox ``postgres`` env), a fresh schema on the test server instead; with
+    ``DB_DRIVER=mysql`` (the tox ``mysql`` env), a fresh database on the MySQL test server.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
     env["PYTHONIOENCODING"] = "utf-8"
-    if os.environ.get("DB_DRIVER", "").strip().lower() == "postgres":
+    driver = os.environ.get("DB_DRIVER", "").strip().lower()
+    if driver == "postgres":
         server: PostgresServer = request.getfixturevalue("postgres_server")
         env.update(
             DB_DRIVER="postgres",
             DATABASE_URL=server.new_schema_url(),
             LLM_PROXY_DB_LOAD_PLUGINS="postgres,memory",
+        )
+        return env
+    if driver == "mysql":
+        mysql: MySQLServer = request.getfixturevalue("mysql_server")
+        env.update(
+            DB_DRIVER="mysql",
+            DATABASE_URL=mysql.new_database_url(),
+            LLM_PROXY_DB_LOAD_PLUGINS="mysql,memory",
         )
         return env
     env.update(

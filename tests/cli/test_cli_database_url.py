@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import Cli
 
-pytestmark = pytest.mark.postgres_smoke
+pytestmark = pytest.mark.server_smoke
 
 TAIL = "Tail-SECRET-9f3c"
 """What follows the password's ``@``: libpq used to read it as the host and quote it."""

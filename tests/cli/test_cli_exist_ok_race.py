@@ -18,7 +18,7 @@ PROCESSES = 8
 ROUNDS = 10
 
 
-@pytest.mark.postgres_smoke
+@pytest.mark.server_smoke
 def test_racing_exist_ok_creates_all_succeed(cli: Cli, name: str) -> None:
     argv = [sys.executable, "-m", "llm_proxy_db.cli", "--json", "project", "create"]
     env = {**cli.env, "UPSTREAM_KEY": API_KEY}

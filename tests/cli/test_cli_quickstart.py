@@ -11,7 +11,7 @@ import pytest
 from .conftest import API_KEY, Cli
 
 
-@pytest.mark.postgres_smoke
+@pytest.mark.server_smoke
 def test_quick_start(cli: Cli, name: str) -> None:
     created = cli(
         "project",

@@ -20,7 +20,7 @@ def _events(db: DB, **conditions: Any) -> list[tuple[str, str]]:
     return [(e.action, e.outcome) for e in events]
 
 
-@pytest.mark.postgres_smoke
+@pytest.mark.server_smoke
 def test_a_token_is_named_by_whole_value_prefix_or_masked_form(
     cli: Cli, db: DB, project: dict[str, Any]
 ) -> None:
@@ -56,7 +56,7 @@ def test_a_token_is_named_by_whole_value_prefix_or_masked_form(
     assert all(t.is_active and t.request_count == 0 for t in db.list_tokens(project["id"]))
 
 
-@pytest.mark.postgres_smoke
+@pytest.mark.server_smoke
 def test_a_refused_change_writes_only_a_failure_event(
     cli: Cli, db: DB, project: dict[str, Any]
 ) -> None:

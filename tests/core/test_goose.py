@@ -160,8 +160,37 @@ def test_shipped_files_parse(dialect: str) -> None:
     assert len(initial.down) == 14
 
 
-@pytest.mark.parametrize("dialect", sorted(SHIPPED))
+MYSQL_FILES = REPO / "backends/mysql/src/llm_proxy_db_mysql/migrations"
+
+
+def test_shipped_mysql_files_parse() -> None:
+    """The Go program's MySQL files 1-3, then this package's 100 and 101."""
+    migrations = load_migrations(MYSQL_FILES)
+    assert [(m.version, m.name) for m in migrations] == [
+        (1, "initial_schema"),
+        (2, "add_deactivation_columns"),
+        (3, "add_cache_hit_count"),
+        (100, "add_hot_path_indexes"),
+        (101, "exact_text_collation"),
+    ]
+    for migration in migrations:
+        assert migration.up, migration.source
+        assert migration.down, f"{migration.source} needs a working Down"
+        assert migration.transactional
+    assert len(migrations[0].up) == 14  # 3 tables + 11 indexes
+    assert [len(m.up) for m in migrations[1:]] == [2, 1, 3, 5]
+    # This package's own files are safe to repeat (DDL is not transactional on MySQL).
+    for migration in migrations[3:]:
+        for statement in migration.up:
+            assert (
+                "IF NOT EXISTS" in statement
+                or "CONVERT TO" in statement
+                or ("IF EXISTS" in statement)
+            ), statement
+
+
+@pytest.mark.parametrize("dialect", [*sorted(SHIPPED), "mysql"])
 def test_repo_root_symlinks_point_at_package_folders(dialect: str) -> None:
     link = REPO / "migrations" / dialect
     assert link.is_symlink()
-    assert link.resolve() == SHIPPED[dialect].resolve()
+    assert link.resolve() == {**SHIPPED, "mysql": MYSQL_FILES}[dialect].resolve()

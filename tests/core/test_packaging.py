@@ -30,6 +30,7 @@ DISTRIBUTIONS = {
     "llm-proxy-db-memory": "backends/memory",
     "llm-proxy-db-sqlite": "backends/sqlite",
     "llm-proxy-db-postgres": "backends/postgres",
+    "llm-proxy-db-mysql": "backends/mysql",
     "llm-proxy-db-jsonfile": "examples/llm-proxy-db-jsonfile",
     "llm-proxy-fastapi": "examples/fastapi-proxy",
 }

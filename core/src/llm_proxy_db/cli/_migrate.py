@@ -58,15 +58,21 @@ def up(state: State) -> None:
 
 
 @migrate.command("down")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Roll back even though a newer migration stopped partway (MySQL: DDL is not "
+    "transactional); its completed statements stay applied.",
+)
 @json_option
 @pass_state
-def down(state: State) -> None:
+def down(state: State, force: bool) -> None:
     """Roll back the newest applied migration (one step).
 
     JSON: {"rolled_back": N or null, "version": N}.
     """
     runner = _migrations(state)
-    rolled_back = runner.down()
+    rolled_back = runner.down(force=force)
     version = runner.version()
     if state.json:
         echo_document({"rolled_back": rolled_back, "version": version})
@@ -80,7 +86,12 @@ def down(state: State) -> None:
 @json_option
 @pass_state
 def status(state: State) -> None:
-    """Every version, applied or pending, and when it was applied."""
+    """Every version, applied or pending, and when it was applied.
+
+    A migration that stopped partway (MySQL: DDL is not transactional) is "partial", and a
+    line after the table says "version N stopped after statement k of m". JSON adds
+    "stopped_in" ("up", "down" or null), "statements_done" and "statements_total".
+    """
     versions = _migrations(state).status()
     if state.json:
         echo_document(
@@ -90,6 +101,9 @@ def status(state: State) -> None:
                     "name": item.name,
                     "applied": item.applied,
                     "applied_at": None if item.applied_at is None else item.applied_at.isoformat(),
+                    "stopped_in": item.stopped_in,
+                    "statements_done": item.statements_done,
+                    "statements_total": item.statements_total,
                 }
                 for item in versions
             ]
@@ -99,12 +113,17 @@ def status(state: State) -> None:
         (
             str(item.version),
             item.name or "(no file)",
-            "applied" if item.applied else "pending",
+            "partial" if item.progress else "applied" if item.applied else "pending",
             when(item.applied_at),
         )
         for item in versions
     ]
     click.echo(table(("VERSION", "NAME", "STATUS", "APPLIED AT"), rows))
+    for item in versions:
+        if item.progress is None:
+            continue
+        again = "migrate down" if item.stopped_in == "down" else "migrate up"
+        click.echo(f"{item.progress}: {again} resumes it at statement {item.statements_done + 1}.")
 
 
 @migrate.command("version")

@@ -3,11 +3,11 @@ timestamp codecs and the goose-compatible migration runner.
 
 This module is part of the backend-author interface (versioned by
 ``llm_proxy_db.STORAGE_API_VERSION``). A SQL backend supplies a :class:`Dialect` (its
-differences as data), a connection pool (with :class:`HeldConnections` in front of it: a
-thread keeps its connection between calls), a ``translate`` function mapping its driver's
-exceptions onto the core's errors, and executors (:class:`DbApiExecutor` and
-:class:`AsyncDbApiExecutor` fit DB-API drivers); the store logic is here, once, and runs
-on either executor.
+differences as data), a connection pool (:class:`DbApiPool` fits DB-API drivers) with
+:class:`HeldConnections` in front of it (a thread keeps its connection between calls), a
+``translate`` function mapping its driver's exceptions onto the core's errors, and
+executors (:class:`DbApiExecutor` and :class:`AsyncDbApiExecutor` fit DB-API drivers);
+the store logic is here, once, and runs on either executor.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ._migrate import (
     MigrationTarget,
 )
 from ._operation import Flow, Operation, Step, Steps
+from ._pool import DbApiPool
 from ._statements import RowCodec, Statements
 from ._stores import AsyncSqlBackend, AsyncSqlStores, SqlBackend, SqlStores
 from ._timestamps import (
@@ -44,6 +45,7 @@ __all__ = [
     "Connections",
     "DbApiExecutor",
     "DbApiMigrationConnection",
+    "DbApiPool",
     "Dialect",
     "Executor",
     "Flow",

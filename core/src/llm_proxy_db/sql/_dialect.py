@@ -80,6 +80,15 @@ class Dialect:
     one round trip). Inside a transaction the executor then sends the release of one call's
     savepoint and the next call's savepoint together."""
 
+    counter_in_last_insert_id: bool = False
+    """The increment sets ``request_count = LAST_INSERT_ID(request_count + 1)`` and reads
+    the new count from the OK packet (the cursor's ``lastrowid``), then the row: MySQL,
+    which has no ``UPDATE ... RETURNING``. The count the caller gets is the one its own
+    increment set, whatever a concurrent call did between the two statements."""
+    project_key_column: str = "openai_api_key"
+    """The ``projects`` column holding ``Project.openai_api_key`` (the Go program's MySQL
+    schema names it ``api_key``)."""
+
     def binary_order(self, column: str) -> str:
         """``column`` as an ORDER BY key that sorts text by code point."""
         return f"{column}{self.binary_collation}"

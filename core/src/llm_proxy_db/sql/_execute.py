@@ -9,7 +9,8 @@ operation runs on the same connection. Driver exceptions are translated by the b
 
 :class:`DbApiExecutor` blocks; :class:`AsyncDbApiExecutor` awaits. Both drive the same
 operations, so the store logic exists once. A backend whose driver does not have
-``connection.execute(sql, params) -> cursor`` overrides :meth:`statement`.
+``connection.execute(sql, params) -> cursor`` overrides :meth:`statement` (and
+:meth:`statement_last_id`, for dialects whose increment reads ``lastrowid``).
 
 Inside a transaction every operation runs between ``SAVEPOINT`` and ``RELEASE SAVEPOINT``
 and, when it raises, is undone by ``ROLLBACK TO SAVEPOINT``: a store call that fails in a
@@ -169,6 +170,11 @@ class DbApiExecutor(Generic[C]):
         cursor = conn.execute(sql, params)  # type: ignore[attr-defined]
         return cursor.fetchall() if rows else cursor.rowcount
 
+    def statement_last_id(self, conn: C, sql: str, params: Any) -> tuple[int, int]:
+        """Run one statement on ``conn`` for a ``last_id`` step: ``(rowcount, lastrowid)``."""
+        cursor = conn.execute(sql, params)  # type: ignore[attr-defined]
+        return cursor.rowcount, cursor.lastrowid
+
     # -- running -------------------------------------------------------------------------
 
     def run(self, operation: Operation[T]) -> T:
@@ -186,7 +192,9 @@ class DbApiExecutor(Generic[C]):
                     step = operation
                     failed: DatabaseError | None = None
                     try:
-                        if self._plain:
+                        if step.last_id:
+                            result = self.statement_last_id(conn, step.sql, step.params)
+                        elif self._plain:
                             cursor = conn.execute(step.sql, step.params)  # type: ignore[attr-defined]
                             result = cursor.fetchall() if step.rows else cursor.rowcount
                         else:
@@ -252,6 +260,8 @@ class DbApiExecutor(Generic[C]):
 
     def _statement(self, conn: C, step: Step[Any]) -> Any:
         try:
+            if step.last_id:
+                return self.statement_last_id(conn, step.sql, step.params)
             return self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
             error = self._step_error(exc, step)
@@ -382,6 +392,11 @@ class AsyncDbApiExecutor(Generic[C]):
         cursor = await conn.execute(sql, params)  # type: ignore[attr-defined]
         return await cursor.fetchall() if rows else cursor.rowcount
 
+    async def statement_last_id(self, conn: C, sql: str, params: Any) -> tuple[int, int]:
+        """Run one statement on ``conn`` for a ``last_id`` step: ``(rowcount, lastrowid)``."""
+        cursor = await conn.execute(sql, params)  # type: ignore[attr-defined]
+        return cursor.rowcount, cursor.lastrowid
+
     async def run(self, operation: Operation[T]) -> T:
         """Carry out ``operation`` on a connection of its own."""
         try:
@@ -423,6 +438,8 @@ class AsyncDbApiExecutor(Generic[C]):
 
     async def _statement(self, conn: C, step: Step[Any]) -> Any:
         try:
+            if step.last_id:
+                return await self.statement_last_id(conn, step.sql, step.params)
             return await self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
             error = _violation(self._translate(exc), step)

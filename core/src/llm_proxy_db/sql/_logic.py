@@ -28,13 +28,15 @@ from .._masking import mask_token
 from .._models import AuditEvent, AuditEventFilter, Project, Stats, Token
 from ._integrity import IntegrityViolation
 from ._operation import Flow, Operation, Step, Steps
-from ._statements import AUDIT_COLUMNS, Statements
+from ._statements import AUDIT_COLUMNS, TOKEN_COLUMNS, Statements
 
 __all__ = ["StoreLogic"]
 
 _log = logging.getLogger(__name__)
 
 _NO_LIMIT = 2**62
+_REQUEST_COUNT = TOKEN_COLUMNS.split(", ").index("request_count")
+"""The position of ``request_count`` in a ``tokens`` row."""
 _COUNTED = "the request may or may not have been counted"
 _CACHE_HIT_COUNTED = "the cache hit may or may not have been counted"
 _INCREMENT_ATTEMPTS = 3
@@ -52,6 +54,7 @@ class StoreLogic:
         self._codec = statements.codec
         self._returning = statements.dialect.update_returning
         self._counts_matched = statements.dialect.rowcount == "matched"
+        self._last_id = statements.dialect.counter_in_last_insert_id
 
     # -- projects -----------------------------------------------------------------------
 
@@ -144,6 +147,19 @@ class StoreLogic:
     def increment_token_usage(self, token: str) -> Operation[Token]:
         # The hot path: one statement counts the request or matches nothing. Only a refusal
         # (nothing matched) continues, as a flow that reads why.
+        if self._last_id:
+            # One autocommit UPDATE that decides and hands back the new count (MySQL),
+            # then the row read; a refusal continues as below.
+            stamp = self._codec.encode_time(utcnow())
+            return Step(
+                self._s.increment_usage,
+                (stamp, token, stamp),
+                rows=False,
+                last_id=True,
+                decode=self._counted_by_id,
+                subject=token,
+                in_doubt=_COUNTED,
+            )
         if not self._returning:
             return Flow(self._increment_then_read, token, atomic=True)
         stamp = self._codec.encode_time(utcnow())
@@ -306,6 +322,17 @@ class StoreLogic:
                 rows = yield Step(self._s.increment_usage, (stamp, token, stamp), in_doubt=_COUNTED)
                 if rows:
                     return self._codec.token(rows[0])
+            elif self._last_id:
+                matched, count = yield Step(
+                    self._s.increment_usage,
+                    (stamp, token, stamp),
+                    rows=False,
+                    last_id=True,
+                    in_doubt=_COUNTED,
+                )
+                if matched:
+                    read: Token = yield self._read_counted_step(token, count)
+                    return read
             else:
                 counted = yield Step(
                     self._s.increment_usage,
@@ -351,6 +378,25 @@ class StoreLogic:
         if rows:
             return self._codec.token(rows[0])
         return self._explain_refusal(token, utcnow())
+
+    def _counted_by_id(self, result: tuple[int, int], token: str) -> Step[Token] | Flow[Token]:
+        matched, count = result
+        if matched:
+            return self._read_counted_step(token, count)
+        return self._explain_refusal(token, utcnow())
+
+    def _read_counted_step(self, token: str, count: int) -> Step[Token]:
+        return Step(self._s.get_token, (token,), decode=self._read_counted, subject=(token, count))
+
+    def _read_counted(self, rows: list[Any], subject: tuple[str, int]) -> Token:
+        # The row as read, with the count this call's increment set (a concurrent one may
+        # have counted again since).
+        token, count = subject
+        if not rows:
+            raise TokenNotFoundError.for_token(token)  # deleted since it was counted
+        row = list(rows[0])
+        row[_REQUEST_COUNT] = count
+        return self._codec.token(row)
 
     def _cache_hits_counted(self, count: int, token: str) -> Step[None] | None:
         if count:

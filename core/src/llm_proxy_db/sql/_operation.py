@@ -33,8 +33,9 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 Decoder: TypeAlias = Callable[[Any, Any], Any]
-"""``decode(result, subject)``: ``result`` is the list of rows (``rows=True``) or the row
-count; ``subject`` is the step's. Returns the value, an operation to run next, or raises."""
+"""``decode(result, subject)``: ``result`` is the list of rows (``rows=True``), the row
+count, or ``(rowcount, lastrowid)`` (``last_id=True``); ``subject`` is the step's.
+Returns the value, an operation to run next, or raises."""
 
 ViolationMapper: TypeAlias = Callable[[IntegrityViolation, Any], DatabaseError]
 """``on_violation(violation, subject)``: the store's error for a refused constraint."""
@@ -53,7 +54,16 @@ class Step(Generic[T_co]):
     """One statement and how to read its result (executors dispatch on the exact class:
     not for subclassing)."""
 
-    __slots__ = ("decode", "in_doubt", "on_violation", "params", "rows", "sql", "subject")
+    __slots__ = (
+        "decode",
+        "in_doubt",
+        "last_id",
+        "on_violation",
+        "params",
+        "rows",
+        "sql",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -65,6 +75,7 @@ class Step(Generic[T_co]):
         subject: Any = None,
         on_violation: ViolationMapper | None = None,
         in_doubt: str | None = None,
+        last_id: bool = False,
     ) -> None:
         self.sql = sql
         """The statement, in the dialect's placeholder style."""
@@ -80,6 +91,10 @@ class Step(Generic[T_co]):
         """For a write whose effect a lost connection or a timeout leaves unknown (a
         counted request): what the executor appends to such a ``TransientError``, e.g.
         ``"the request may or may not have been counted"``."""
+        self.last_id = last_id
+        """With ``rows=False``: the decoder gets ``(rowcount, lastrowid)``, the value an
+        ``UPDATE ... SET c = LAST_INSERT_ID(expr)`` sent back in its OK packet (MySQL:
+        the updated value without a second statement)."""
 
     def __repr__(self) -> str:  # never the parameters: they may hold secrets
         return f"<Step {self.sql.split(None, 1)[0]} rows={self.rows}>"

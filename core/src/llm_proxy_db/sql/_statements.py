@@ -25,7 +25,8 @@ from ._rows import Kind, row_decoder
 
 __all__ = ["RowCodec", "Statements"]
 
-PROJECT_COLUMNS = "name, openai_api_key, id, is_active, deactivated_at, created_at, updated_at"
+PROJECT_COLUMNS = "name, {project_key}, id, is_active, deactivated_at, created_at, updated_at"
+"""``{project_key}`` is the dialect's ``project_key_column`` (filled in per dialect)."""
 TOKEN_COLUMNS = (
     "project_id, token, expires_at, is_active, deactivated_at, request_count, "
     "max_requests, created_at, last_used_at, cache_hit_count"
@@ -214,9 +215,14 @@ class Statements:
 
 def _fill(template: str, dialect: Dialect) -> str:
     """``template`` with its dialect-dependent parts: ``{expires_at}`` (the column made
-    comparable with encoded times) and ``{binary:COLUMN}`` (COLUMN sorting by code point,
+    comparable with encoded times), ``{project_key}`` (the project key's column), the
+    request count's increment (through ``LAST_INSERT_ID`` where the dialect reads it
+    back so) and ``{binary:COLUMN}`` (COLUMN sorting by code point,
     so every backend orders text alike whatever the database's collation)."""
     text = template.replace("{expires_at}", dialect.comparable_time("expires_at"))
+    text = text.replace("{project_key}", dialect.project_key_column)
+    if dialect.counter_in_last_insert_id:
+        text = text.replace(_COUNT_UP, "request_count = LAST_INSERT_ID(request_count + 1)")
     return _BINARY.sub(lambda match: dialect.binary_order(match.group(1)), text)
 
 
@@ -230,13 +236,14 @@ _TOKEN_USABLE = (
     f"AND request_count < {MAX_COUNT} "  # the counter's bound: never past a 32-bit INTEGER
     "AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active)"
 )
+_COUNT_UP = "request_count = request_count + 1"
 _REVOKE = "UPDATE tokens SET is_active = FALSE, deactivated_at = COALESCE(deactivated_at, ?)"
 
 _STATEMENTS: dict[str, str] = {
     "insert_project": _insert("projects", PROJECT_COLUMNS),
     "get_project": f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?",
     "update_project": (
-        "UPDATE projects SET name = ?, openai_api_key = ?, is_active = ?, deactivated_at = ?, "
+        "UPDATE projects SET name = ?, {project_key} = ?, is_active = ?, deactivated_at = ?, "
         "updated_at = ? WHERE id = ?"
     ),
     "delete_project": "DELETE FROM projects WHERE id = ?",
@@ -257,8 +264,7 @@ _STATEMENTS: dict[str, str] = {
         f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE project_id = ? {_TOKEN_ORDER}"
     ),
     "increment_usage": (
-        "UPDATE tokens SET request_count = request_count + 1, last_used_at = ? "
-        f"WHERE token = ? AND {_TOKEN_USABLE}"
+        f"UPDATE tokens SET {_COUNT_UP}, last_used_at = ? WHERE token = ? AND {_TOKEN_USABLE}"
     ),
     "revoke_token": f"{_REVOKE} WHERE token = ?",
     "revoke_project_tokens": f"{_REVOKE} WHERE project_id = ? AND is_active",

@@ -62,6 +62,24 @@ class TokenTests(ConformanceBase):
         with pytest.raises(TokenNotFoundError):
             db.get_token_by_id(generate_token())
 
+    def test_a_token_is_found_by_its_exact_value_only(self, db: DB) -> None:
+        # A case variant or padded value of a real token never authenticates, nor spends its
+        # quota (a case-insensitive, PAD SPACE collation would find it): every backend
+        # compares by code point, and the core refuses padded values before any query.
+        token = self.given_token(db, token="sk-AbCdEfExactValue", max_requests=5)  # noqa: S106
+        for variant in (
+            "SK-ABCDEFEXACTVALUE",
+            "sk-abcdefexactvalue",
+            "sk-AbCdEfExactValue   ",
+            "  sk-AbCdEfExactValue",
+            "sk-AbCdEfExactValue\t",
+        ):
+            with pytest.raises(TokenNotFoundError):
+                db.get_token_by_id(variant)
+            with pytest.raises(TokenNotFoundError):
+                db.increment_token_usage(variant)
+        assert db.get_token_by_id(token.token).request_count == 0
+
     def test_update_unknown_token(self, db: DB) -> None:
         project = self.given_project(db)
         with pytest.raises(TokenNotFoundError):
