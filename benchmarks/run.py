@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from llm_proxy_db import (
     Token,
     TransientError,
     aio,
+    mask_token,
     new_from_full_config,
 )
 from llm_proxy_db.aio import AsyncDB
@@ -213,9 +214,15 @@ def ratio_row(
     )
 
 
-def threaded(count: int, calls: int, worker: Callable[[int], Callable[[], object]]) -> float:
+def threaded(
+    count: int,
+    calls: int,
+    worker: Callable[[int], Callable[[], object]],
+    finish: Callable[[], object] | None = None,
+) -> float:
     """Operations per second of ``count`` threads each making ``calls`` calls of
-    ``worker(i)`` (made before the clock starts)."""
+    ``worker(i)`` (made before the clock starts), ``finish()`` (when given) included in
+    the time once every thread is done."""
     barrier = threading.Barrier(count + 1)
     errors: list[BaseException] = []
 
@@ -235,6 +242,8 @@ def threaded(count: int, calls: int, worker: Callable[[int], Callable[[], object
     start = time.perf_counter()
     for thread in threads:
         thread.join()
+    if finish is not None and not errors:
+        finish()
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
@@ -245,14 +254,17 @@ def thread_rounds(
     variants: dict[str, Callable[[int], Callable[[], object]]],
     count: int,
     sizes: Sizes,
+    finish: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
-    """Ops/s of each variant at ``count`` threads, per interleaved round (one warm-up)."""
+    """Ops/s of each variant at ``count`` threads, per interleaved round (one warm-up);
+    ``finish[name]()``, when given, ends each of that variant's timed blocks."""
     names = list(variants)
     rates: dict[str, list[float]] = {name: [] for name in names}
+    ends = finish or {}
     for number in range(-1, sizes.thread_rounds):
         shift = number % len(names)
         for name in names[shift:] + names[:shift]:
-            rate = threaded(count, sizes.thread_calls, variants[name])
+            rate = threaded(count, sizes.thread_calls, variants[name], ends.get(name))
             if number >= 0:
                 rates[name].append(rate)
     return rates
@@ -608,28 +620,7 @@ def token_rows(
                     note="" if sa_target is None else "SQLAlchemy >= 2.5x slower",
                 )
             )
-    if hasattr(db, "authorize"):
-        rows.append(
-            Row(
-                "authorize",
-                "ours",
-                "raw",
-                0,
-                0,
-                0,
-                0,
-                0,
-                "-",
-                None,
-                note="not measured: no raw baseline written for it yet",
-            )
-        )
-    else:
-        rows.append(
-            Row(
-                "authorize", "-", "-", 0, 0, 0, 0, 0, "-", None, note="skipped: DB has no authorize"
-            )
-        )
+    rows += authorize_rows(db, picked, sizes)
     return rows
 
 
@@ -780,6 +771,201 @@ def raw_variants(
         return write(insert_sql, encoded_event(dialect, item))
 
     return get, increment, list_events, insert
+
+
+# -- the proxy's request path: authorize, the audit writer, batch inserts (issue 14) -----------
+
+PROXY_THREADS = 8
+"""Client threads of the proxy-path row (issue 14's bar)."""
+
+BATCH = 1000
+"""Events per ``create_audit_events`` call of the batch rows."""
+
+PROXY_ACTION = "bench.proxy"
+"""The action of the proxy rows' audit events (counted at the end)."""
+
+
+def authorize_rows(db: DB, picked: Sequence[str], sizes: Sizes) -> list[Row]:
+    """authorize against increment_token_usage, and against the two calls it replaces
+    (increment_token_usage, then get_project_by_id), at 1 thread."""
+    token = picked[0]
+    authorized = db.authorize(token)
+    counted = values(authorized.token)
+    check("authorize's token read back", values(db.get_token_by_id(token)), counted)
+    project = db.get_project_by_id(authorized.token.project_id)
+    check("authorize's project", values(authorized.project), values(project))
+
+    def two_calls(value: str) -> object:
+        return db.get_project_by_id(db.increment_token_usage(value).project_id)
+
+    variants: dict[str, Callable[[Any], object]] = {
+        "authorize": db.authorize,
+        "increment": db.increment_token_usage,
+        "incr+project": two_calls,
+    }
+    times = interleave(variants, lambda name: picked, sizes.rounds)
+    return [
+        ratio_row("authorize", times, "authorize", "increment", None),
+        ratio_row(
+            "authorize",
+            times,
+            "authorize",
+            "incr+project",
+            None,
+            note="vs increment_token_usage + get_project_by_id",
+        ),
+    ]
+
+
+def proxy_event(token: str, project_id: str, index: int) -> AuditEvent:
+    """The audit event a proxy writes for one request (as examples/fastapi-proxy does)."""
+    masked = mask_token(token)
+    return AuditEvent(
+        action=PROXY_ACTION,
+        actor=masked,
+        outcome="success",
+        project_id=project_id,
+        request_id=f"req-proxy-{index}",
+        client_ip="203.0.113.7",
+        method="POST",
+        path="/v1/chat/completions",
+        user_agent="bench/1.0",
+        metadata={"status": 200},
+        token_id=masked,
+    )
+
+
+def proxy_path_row(db: DB, tokens: Sequence[str], sizes: Sizes, target: float) -> Row:
+    """Requests/s through the storage layer at 8 threads, each on its own token: authorize
+    plus the event submitted to an AuditWriter (flushed at the end of each timed block,
+    in the time) against today's three calls (increment_token_usage, get_project_by_id,
+    create_audit_event). Every event must then be stored exactly once."""
+    count = PROXY_THREADS
+    sizes = replace(sizes, thread_calls=sizes.thread_calls // 2)  # three calls are slow
+    projects = {t: db.get_token_by_id(t).project_id for t in tokens[:count]}
+    writer = db.audit_writer()
+    before = db.count_audit_events(AuditEventFilter(action=PROXY_ACTION))
+
+    def events(index: int) -> Iterator[AuditEvent]:
+        token = tokens[index]
+        return iter([proxy_event(token, projects[token], i) for i in range(sizes.thread_calls)])
+
+    def new_path(index: int) -> Callable[[], object]:
+        token, pending = tokens[index], events(index)
+
+        def request() -> None:
+            db.authorize(token)
+            writer.submit(next(pending))
+
+        return request
+
+    def old_path(index: int) -> Callable[[], object]:
+        token, pending = tokens[index], events(index)
+
+        def request() -> None:
+            counted = db.increment_token_usage(token)
+            db.get_project_by_id(counted.project_id)
+            db.create_audit_event(next(pending))
+
+        return request
+
+    try:
+        rates = thread_rounds(
+            {"authorize+writer": new_path, "three calls": old_path},
+            count,
+            sizes,
+            finish={"authorize+writer": writer.flush},
+        )
+    finally:
+        writer.close()
+    check("proxy path: events the writer rejected", writer.rejected, 0)
+    stored = db.count_audit_events(AuditEventFilter(action=PROXY_ACTION)) - before
+    expected = 2 * (sizes.thread_rounds + 1) * count * sizes.thread_calls
+    check("proxy path: audit events stored", stored, expected)
+    return ratio_row(
+        f"proxy path x {count} threads",
+        rates,
+        "authorize+writer",
+        "three calls",
+        target,
+        higher_is_better=True,
+        unit="ops/s",
+        note="writer flushed in each block",
+    )
+
+
+BatchInsert = Callable[[list[AuditEvent]], int]
+"""A batch insert-or-skip of audit events: how many were new."""
+
+
+def check_batch_insert(db: DB, name: str, insert: BatchInsert, project_id: str) -> None:
+    """``insert`` stores new events as ours does and skips those already stored."""
+    fresh = fresh_events(10, project_id)
+    check(f"{name}: new events stored", insert(fresh[:6]), 6)
+    check(f"{name}: a replay skips stored ids", insert(fresh), 4)
+    check(f"{name}: event read back", db.get_audit_event_by_id(fresh[7].id), fresh[7])
+
+
+def batch_insert_rows(
+    db: DB, raws: dict[str, BatchInsert], project_id: str, sizes: Sizes, target: float
+) -> list[Row]:
+    """create_audit_events of 1,000 new events against each raw form (all timed in the
+    same rounds), then against the fastest raw form (by median)."""
+    variants: dict[str, BatchInsert] = {"ours": db.create_audit_events, **raws}
+    for name, insert in variants.items():
+        check_batch_insert(db, name, insert, project_id)
+    calls = max(sizes.block // 400, 1)
+
+    def args(name: str) -> list[list[AuditEvent]]:
+        return [fresh_events(BATCH, project_id) for _ in range(calls)]
+
+    timed: dict[str, Callable[[Any], object]] = dict(variants)
+    times = interleave(timed, args, sizes.rounds)
+    label = f"create_audit_events ({BATCH:,})"
+    rows = []
+    if len(raws) > 1:
+        rows += [ratio_row(label, times, "ours", name, None) for name in raws]
+    fastest = min(raws, key=lambda name: statistics.median(times[name]))
+    note = "vs the fastest raw form" if len(raws) > 1 else ""
+    rows.append(ratio_row(label, times, "ours", fastest, target, note=note))
+    return rows
+
+
+def spool_rows(db: DB, project_id: str, sizes: Sizes) -> list[Row]:
+    """The spool's cost: AuditWriter.submit with spool_path against without, per event,
+    at 1 thread; submits alone (the request's cost) and with the flush that stores them."""
+    calls = sizes.block // 4
+    with tempfile.TemporaryDirectory(prefix="llm-proxy-db-spool-") as folder:
+        writers = {
+            "spool": db.audit_writer(spool_path=Path(folder) / "spool.db"),
+            "no spool": db.audit_writer(),
+        }
+        try:
+            names = list(writers)
+            submits: dict[str, list[float]] = {name: [] for name in names}
+            stored: dict[str, list[float]] = {name: [] for name in names}
+            for number in range(-1, sizes.rounds):
+                shift = number % len(names)
+                for name in names[shift:] + names[:shift]:
+                    writer, events = writers[name], fresh_events(calls, project_id)
+                    start = time.perf_counter()
+                    for event in events:
+                        writer.submit(event)
+                    submitted = time.perf_counter()
+                    writer.flush()
+                    done = time.perf_counter()
+                    if number >= 0:
+                        submits[name].append((submitted - start) / calls * 1e6)
+                        stored[name].append((done - start) / calls * 1e6)
+        finally:
+            for writer in writers.values():
+                writer.close()
+    for name, writer in writers.items():
+        check(f"{name}: events the writer stored", writer.written, (sizes.rounds + 1) * calls)
+    return [
+        ratio_row("audit submit", submits, "spool", "no spool", None),
+        ratio_row("audit submit + flush", stored, "spool", "no spool", None, note="per event"),
+    ]
 
 
 # -- SQLAlchemy Core -----------------------------------------------------------------------------
@@ -1013,6 +1199,10 @@ def bench_sqlite(folder: Path, sizes: Sizes, sa_wanted: bool) -> Report:
             list_medians.append(median)
         report.rows.append(flat_row(sizes, list_medians))
         report.rows += create_row(v, project_ids[1], sizes, 1.1)
+        raws = {"raw executemany": sqlite_batch_insert(raw)}
+        report.rows += batch_insert_rows(db, raws, project_ids[2], sizes, 1.2)
+        report.rows.append(proxy_path_row(db, tokens, sizes, 2.0))
+        report.rows += spool_rows(db, project_ids[3], sizes)
         report.rows += sqlite_thread_rows(db, path, busy, tokens, sizes)
         report.rows += sqlite_async_rows(db, path, busy, tokens, sizes)
         report.rows += encryption_rows(folder, sizes)
@@ -1021,6 +1211,32 @@ def bench_sqlite(folder: Path, sizes: Sizes, sa_wanted: bool) -> Report:
         raw.close()
         build.close()
     return report
+
+
+def audit_columns() -> str:
+    """The ``audit_events`` columns of the library's insert, in its order."""
+    return Statements(SQLITE).insert_audit.split("(", 1)[1].split(")", 1)[0]
+
+
+def sqlite_batch_insert(conn: sqlite3.Connection) -> BatchInsert:
+    """The raw driver's insert-or-skip of a batch: one executemany of INSERT OR IGNORE
+    in one write transaction."""
+    columns = audit_columns()
+    marks = ", ".join("?" for _ in columns.split(","))
+    sql = f"INSERT OR IGNORE INTO audit_events ({columns}) VALUES ({marks})"
+
+    def insert(events: list[AuditEvent]) -> int:
+        rows = [encoded_event(SQLITE, values(e)) for e in events]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            count = conn.executemany(sql, rows).rowcount
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return count
+
+    return insert
 
 
 def flat_row(sizes: Sizes, medians: list[float]) -> Row:
@@ -1292,12 +1508,65 @@ def postgres_body(
             list_medians.append(median)
         report.rows.append(flat_row(sizes, list_medians))
         report.rows += create_row(v, project_ids[1], sizes, 1.1)
+        raws = postgres_batch_inserts(raw)
+        report.rows += batch_insert_rows(db, raws, project_ids[2], sizes, 1.2)
+        report.rows.append(proxy_path_row(db, tokens, sizes, 2.0))
+        report.rows += spool_rows(db, project_ids[3], sizes)
         report.rows += postgres_thread_rows(db, url, options, tokens, sizes)
         report.rows += postgres_async_rows(db, url, options, tokens, sizes)
         report.extra["processes"] = processes_run(scoped, connect, tokens, sizes)
     finally:
         raw.close()
         build.close()
+
+
+def postgres_batch_inserts(conn: Any) -> dict[str, BatchInsert]:
+    """The raw driver's insert-or-skip of a batch, three ways: one multi-row INSERT ... ON
+    CONFLICT DO NOTHING (its text held per batch size; psycopg parses its placeholders on
+    every call, the text being too long for its cache), executemany of the one-row form
+    (psycopg pipelines it) in one transaction, and one INSERT ... SELECT FROM unnest() of
+    one array per column (a short statement: one round trip, 15 parameters)."""
+    from llm_proxy_db_postgres._dialect import POSTGRES
+
+    columns = audit_columns()
+    width = len(columns.split(","))
+    one = "(" + ", ".join("%s" for _ in range(width)) + ")"
+    single = f"INSERT INTO audit_events ({columns}) VALUES {one} ON CONFLICT DO NOTHING"
+    texts: dict[int, str] = {}
+
+    def multi_row(events: list[AuditEvent]) -> int:
+        sql = texts.get(len(events))
+        if sql is None:
+            rows = ", ".join(one for _ in events)
+            sql = texts[len(events)] = (
+                f"INSERT INTO audit_events ({columns}) VALUES {rows} ON CONFLICT DO NOTHING"
+            )
+        params = [p for e in events for p in encoded_event(POSTGRES, values(e))]
+        count: int = conn.execute(sql, params).rowcount
+        return count
+
+    def executemany(events: list[AuditEvent]) -> int:
+        rows = [encoded_event(POSTGRES, values(e)) for e in events]
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(single, rows)
+            count: int = cur.rowcount
+        return count
+
+    names = [name.strip() for name in columns.split(",")]
+    arrays = ", ".join("%s::timestamp[]" if name == "timestamp" else "%s::text[]" for name in names)
+    unnested = (
+        f"INSERT INTO audit_events ({columns}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT DO NOTHING"
+    )
+
+    def unnest(events: list[AuditEvent]) -> int:
+        rows = [encoded_event(POSTGRES, values(e)) for e in events]
+        count: int = conn.execute(
+            unnested, [list(column) for column in zip(*rows, strict=True)]
+        ).rowcount
+        return count
+
+    return {"raw multi-row": multi_row, "raw executemany": executemany, "raw unnest": unnest}
 
 
 def postgres_thread_rows(

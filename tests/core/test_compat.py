@@ -1,9 +1,11 @@
-"""A backend written for storage API 2 gets keyset paging (``before_id``) from the core."""
+"""A backend written for storage API 2 gets keyset paging (``before_id``), ``authorize``
+and ``create_audit_events`` from the core."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 import pytest
@@ -15,6 +17,9 @@ from llm_proxy_db import (
     AuditEventNotFoundError,
     BackendSpec,
     FullConfig,
+    Project,
+    Token,
+    TokenLimitReachedError,
     new_from_full_config,
     register_backend,
     unregister_backend,
@@ -30,6 +35,12 @@ class Version2Backend(MemoryBackend):
 
     def count_audit_events(self, filter: AuditEventFilter | None = None) -> int:
         return super().count_audit_events(_older(filter))
+
+    def authorize(self, token: str) -> Any:
+        raise AssertionError("storage API 2 has no authorize()")
+
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        raise AssertionError("storage API 2 has no create_audit_events()")
 
 
 def _older(flt: AuditEventFilter | None) -> AuditEventFilter | None:
@@ -98,3 +109,27 @@ def test_an_unknown_before_id_is_not_found_on_a_version_2_backend(old_db: DB) ->
         old_db.list_audit_events(AuditEventFilter(before_id="no-such-event"))
     with pytest.raises(AuditEventNotFoundError):
         old_db.count_audit_events(AuditEventFilter(before_id="no-such-event"))
+
+
+def test_authorize_is_served_for_a_version_2_backend(old_db: DB) -> None:
+    project = old_db.create_project(Project(name="acme", openai_api_key="sk-upstream-key"))
+    token = old_db.create_token(Token(project_id=project.id, max_requests=1))
+    granted = old_db.authorize(token.token)
+    assert granted.token == old_db.get_token_by_id(token.token)
+    assert granted.token.request_count == 1
+    assert granted.project == project
+    with pytest.raises(TokenLimitReachedError):
+        old_db.authorize(token.token)
+    with old_db.transaction() as tx:
+        assert tx.reset_token_usage(token.token).request_count == 0
+        assert tx.authorize(token.token).project == project
+
+
+def test_create_audit_events_is_served_for_a_version_2_backend(old_db: DB) -> None:
+    events = [AuditEvent(action="a", actor="b", outcome="success") for _ in range(3)]
+    assert old_db.create_audit_events(events[:1]) == 1
+    assert old_db.create_audit_events([*events, events[2]]) == 2
+    assert old_db.create_audit_events(events) == 0
+    with old_db.transaction() as tx:
+        assert tx.create_audit_events([AuditEvent(action="a", actor="b", outcome="success")]) == 1
+    assert old_db.count_audit_events() == 4

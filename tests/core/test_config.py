@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -268,3 +269,44 @@ def test_bad_timeouts_in_the_environment_name_the_variable(name: str, value: str
 def test_bad_timeouts_in_code_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         FullConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# -- coalesced increments -------------------------------------------------------------------
+
+
+def test_coalesced_increments_are_off_unless_asked() -> None:
+    assert FullConfig().coalesce_increments is False
+    assert config_from_env({}).coalesce_increments is False
+    assert FullConfig(coalesce_increments=True).coalesce_increments is True
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("1", True), ("TRUE", True), (" 0 ", False), ("false", False), ("", False)],
+)
+def test_coalesced_increments_come_from_the_environment(raw: str, expected: bool) -> None:
+    assert config_from_env({"DATABASE_COALESCE_INCREMENTS": raw}).coalesce_increments is expected
+
+
+@pytest.mark.parametrize("raw", ["yes", "on", "2", "enabled"])
+def test_a_bad_coalesce_setting_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match=f"DATABASE_COALESCE_INCREMENTS={raw!r}"):
+        config_from_env({"DATABASE_COALESCE_INCREMENTS": raw})
+
+
+def test_coalesce_increments_in_code_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError, match="coalesce_increments must be a bool"):
+        FullConfig(coalesce_increments="true")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite"])
+def test_coalesce_increments_is_accepted_without_effect_elsewhere(
+    driver: str, tmp_path: Path
+) -> None:
+    from llm_proxy_db import Project, Token, new_from_full_config
+
+    config = FullConfig(driver=driver, path=str(tmp_path / "c.db"), coalesce_increments=True)
+    with new_from_full_config(config) as db:
+        project = db.create_project(Project(name="p", openai_api_key="sk-coalesce"))
+        token = db.create_token(Token(project_id=project.id, max_requests=1)).token
+        assert db.increment_token_usage(token).request_count == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata as _metadata
 
+from ._audit_writer import AuditWriter
 from ._config import Config, DriverType, FullConfig, config_from_env, parse_duration
 from ._converter import converter
 from ._db import DB, new, new_from_full_config
@@ -34,6 +35,7 @@ from ._limits import MAX_COUNT
 from ._models import (
     AuditEvent,
     AuditEventFilter,
+    Authorization,
     Project,
     Stats,
     Token,
@@ -80,6 +82,8 @@ __all__ = [
     "AuditEventFilter",
     "AuditEventNotFoundError",
     "AuditStore",
+    "AuditWriter",
+    "Authorization",
     "Backend",
     "BackendInfo",
     "BackendNotFoundError",

@@ -11,6 +11,7 @@ that opened it; a call from another loop raises ``DatabaseError`` instead of han
 from __future__ import annotations
 
 import asyncio
+import os
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from types import TracebackType
 from typing import Any
 
 from . import _transaction_rule
+from ._aio_audit_writer import AsyncAuditWriter
+from ._audit_writer import AuditSpool, check_settings
 from ._config import Config, FullConfig, config_from_env
 from ._db import _Closed, open_backend
 from ._delegation import AsyncForwardedStores, forwarding
@@ -74,7 +77,7 @@ class AsyncDB(AsyncStoreFacade):
     tasks of its loop.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_loop", "backend_spec", "config")
+    __slots__ = ("__weakref__", "_audit_writers", "_backend", "_loop", "backend_spec", "config")
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class AsyncDB(AsyncStoreFacade):
         super().__init__(backend)
         self._backend: AsyncBackend | Any = backend
         self._loop = loop
+        self._audit_writers: dict[AsyncAuditWriter, None] = {}  # open ones, in creation order
         self.config = config
         """The configuration this database was opened with."""
         self.backend_spec = backend_spec
@@ -107,14 +111,56 @@ class AsyncDB(AsyncStoreFacade):
             raise _wrong_loop(self)
         _transaction_rule.refuse(self, call, blocking=False)
 
+    async def audit_writer(
+        self,
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.05,
+        max_pending: int = 10_000,
+        spool_path: str | os.PathLike[str] | None = None,
+    ) -> AsyncAuditWriter:
+        """A new :class:`AsyncAuditWriter` on this database, with a task of its own on
+        its loop: as ``DB.audit_writer`` (the spool opened and read in a worker thread).
+        ``close()`` closes every writer still open."""
+        self._check("audit_writer")
+        if isinstance(self._backend, _Closed):
+            raise DatabaseError("the database is closed")
+        check_settings(max_batch, max_delay, max_pending)
+        spool = None if spool_path is None else await asyncio.to_thread(AuditSpool, spool_path)
+        if isinstance(self._backend, _Closed):  # closed while the spool opened
+            if spool is not None:
+                spool.close()
+            raise DatabaseError("the database is closed")
+        writer = AsyncAuditWriter(
+            self,
+            max_batch=max_batch,
+            max_delay=max_delay,
+            max_pending=max_pending,
+            spool=spool,
+            on_close=self._forget_writer,
+        )
+        self._audit_writers[writer] = None
+        return writer
+
+    def _forget_writer(self, writer: AsyncAuditWriter) -> None:
+        self._audit_writers.pop(writer, None)
+
     async def close(self) -> None:
-        """Release every connection and thread. Idempotent; later calls raise
-        ``DatabaseError``."""
+        """Store what every open audit writer holds and stop it, then release every
+        connection and thread. Idempotent; later calls raise ``DatabaseError``."""
         self._check("close")
+        failure: Exception | None = None
+        for writer in list(self._audit_writers):
+            try:
+                await writer.close()
+            except Exception as exc:  # close the rest and the backend first
+                failure = failure or exc
         backend, self._backend = self._backend, _Closed()
         self._stores = self._backend
         if not isinstance(backend, _Closed):
             await backend.close()
+        if failure is not None:
+            raise failure
 
     async def health_check(self) -> None:
         """Raise ``DatabaseError`` unless the storage answers."""

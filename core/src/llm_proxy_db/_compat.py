@@ -9,6 +9,9 @@ Version 3 added keyset paging, ``AuditEventFilter.before_id``: a version-2 backe
 not know the field, so the layer reads the anchor event, lists every matching event up
 to the anchor's time from the backend, and applies ``before_id`` and the paging itself
 (correct, and as costly as listing those events: upgrade the backend for the fast path).
+It also added ``authorize``, served by ``increment_token_usage`` then
+``get_project_by_id`` in one transaction, and ``create_audit_events``, served by one
+``create_audit_event`` per event, an ``AlreadyExistsError`` counted as skipped.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._delegation import ForwardedStores, forwarding
+from ._errors import AlreadyExistsError
 from ._layers import BackendLayer
-from ._models import AuditEvent, AuditEventFilter
+from ._models import AuditEvent, AuditEventFilter, Authorization
 from ._protocols import Stores
 
 if TYPE_CHECKING:
@@ -40,9 +44,27 @@ class _PassThrough(ForwardedStores):
 
 
 class OlderStores(_PassThrough):
-    """The stores of a storage-API-2 backend, with ``before_id`` served by the core."""
+    """The stores of a storage-API-2 backend, with ``before_id``, ``authorize`` and
+    ``create_audit_events`` served by the core."""
 
     __slots__ = ()
+
+    def authorize(self, token: str) -> Authorization:
+        # Inside the caller's transaction (or the one OlderBackend.authorize opens).
+        counted = self._inner.increment_token_usage(token)
+        return Authorization(
+            token=counted, project=self._inner.get_project_by_id(counted.project_id)
+        )
+
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        added = 0
+        for event in events:
+            try:
+                self._inner.create_audit_event(event)
+            except AlreadyExistsError:
+                continue
+            added += 1
+        return added
 
     def _older_than_anchor(self, filter: AuditEventFilter) -> list[AuditEvent]:
         assert filter.before_id is not None
@@ -75,6 +97,10 @@ class OlderBackend(BackendLayer, OlderStores):
 
     def __init__(self, inner: Backend) -> None:
         super().__init__(inner)
+
+    def authorize(self, token: str) -> Authorization:
+        with self._inner.transaction() as stores:
+            return OlderStores(stores).authorize(token)
 
     def layered(self, stores: Stores) -> Stores:
         return OlderStores(stores)

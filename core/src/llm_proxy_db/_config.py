@@ -181,6 +181,11 @@ def _check_require_key(instance: Any, attribute: attrs.Attribute[Any], value: ob
         )
 
 
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be a bool, got {value!r}")
+
+
 def _driver_name(value: object) -> str:
     if isinstance(value, DriverType):
         return value.value
@@ -255,6 +260,10 @@ class FullConfig(_ConnectionSettings):
     """Base64 keys (``ENCRYPTION_KEYS``): the first writes ``enc:v2``, all of them read."""
     require_encryption_key: bool = attrs.field(default=False, validator=_check_require_key)
     """Refuse to open without a key (``REQUIRE_ENCRYPTION_KEY``)."""
+    coalesce_increments: bool = attrs.field(default=False, validator=_bool)
+    """Combine ``increment_token_usage`` and ``authorize`` calls of concurrent threads
+    into one statement per round trip (``DATABASE_COALESCE_INCREMENTS``): PostgreSQL only;
+    accepted and without effect on other backends."""
 
     @classmethod
     def from_config(cls, config: Config) -> FullConfig:
@@ -297,7 +306,8 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> FullConfig:
     """Build a ``FullConfig`` from ``DB_DRIVER``, ``DATABASE_PATH``, ``DATABASE_URL``,
     ``DATABASE_POOL_SIZE``, ``DATABASE_MAX_IDLE_CONNS``, ``DATABASE_CONN_MAX_LIFETIME`` and
     the timeouts ``DATABASE_POOL_TIMEOUT``, ``DATABASE_BUSY_TIMEOUT``,
-    ``DATABASE_STATEMENT_TIMEOUT`` and ``DATABASE_CONNECT_TIMEOUT`` (Go-style durations).
+    ``DATABASE_STATEMENT_TIMEOUT`` and ``DATABASE_CONNECT_TIMEOUT`` (Go-style durations),
+    and ``DATABASE_COALESCE_INCREMENTS`` (``true``/``false``/``1``/``0``).
 
     ``environ`` defaults to ``os.environ``; empty values count as unset. The secrets at
     rest come from ``ENCRYPTION_KEY``, ``ENCRYPTION_KEYS`` and ``REQUIRE_ENCRYPTION_KEY``.
@@ -331,8 +341,17 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> FullConfig:
     for name, field, allow_zero in _TIMEOUTS:
         if raw := env.get(name, "").strip():
             settings[field] = _env_duration(name, raw, allow_zero=allow_zero)
+    if coalesce := env.get("DATABASE_COALESCE_INCREMENTS", "").strip():
+        if coalesce.lower() not in _SWITCH:
+            raise ConfigError(
+                f"DATABASE_COALESCE_INCREMENTS={coalesce!r} is not true, false, 1 or 0"
+            )
+        settings["coalesce_increments"] = _SWITCH[coalesce.lower()]
     settings.update(_encryption_from_env(env))
     return FullConfig(**settings)
+
+
+_SWITCH = {"true": True, "1": True, "false": False, "0": False}
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

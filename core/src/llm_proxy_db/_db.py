@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _transaction_rule
+from ._audit_writer import AuditWriter
 from ._compat import OlderBackend
 from ._config import Config, FullConfig, config_from_env
 from ._delegation import ForwardedStores, forwarding
@@ -31,6 +34,7 @@ __all__ = ["DB", "StoreFacade", "new", "new_from_full_config", "open_backend"]
 
 
 _CHECKED_CALL = "self._stores.{name}({args})"
+_writers_lock = threading.Lock()
 
 
 @forwarding(_CHECKED_CALL, protocol=Stores, checked=True)
@@ -74,7 +78,7 @@ class DB(StoreFacade):
     ``DatabaseError`` at once and changes nothing; use the block's own object.
     """
 
-    __slots__ = ("_backend", "_migrations", "backend_spec", "config")
+    __slots__ = ("_audit_writers", "_backend", "_migrations", "backend_spec", "config")
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class DB(StoreFacade):
         super().__init__(backend)
         self._backend: Backend | Any = backend
         self._migrations = migrations
+        self._audit_writers: dict[AuditWriter, None] = {}  # open ones, in creation order
         self.config = config
         """The configuration this database was opened with."""
         self.backend_spec = backend_spec
@@ -107,13 +112,57 @@ class DB(StoreFacade):
             raise MigrationError(f"the {self.backend_spec.name} backend has no schema migrations")
         return self._migrations
 
+    def audit_writer(
+        self,
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.05,
+        max_pending: int = 10_000,
+        spool_path: str | os.PathLike[str] | None = None,
+    ) -> AuditWriter:
+        """A new :class:`AuditWriter` on this database, with a thread of its own: audit
+        events submitted to it are stored in batches of at most ``max_batch``, at most
+        ``max_delay`` seconds after submission; ``submit`` waits when ``max_pending`` are
+        pending. With ``spool_path``, each event is first appended to that local SQLite
+        file, and what a previous writer left there is stored first. ``close()`` closes
+        every writer still open."""
+        _transaction_rule.refuse(self, "audit_writer")
+        if self._backend.__class__ is _Closed:
+            raise DatabaseError("the database is closed")
+        writer = AuditWriter(
+            self,
+            max_batch=max_batch,
+            max_delay=max_delay,
+            max_pending=max_pending,
+            spool_path=spool_path,
+            on_close=self._forget_writer,
+        )
+        with _writers_lock:
+            self._audit_writers[writer] = None
+        return writer
+
+    def _forget_writer(self, writer: AuditWriter) -> None:
+        with _writers_lock:
+            self._audit_writers.pop(writer, None)
+
     def close(self) -> None:
-        """Release every connection. Idempotent; later calls raise ``DatabaseError``."""
+        """Store what every open audit writer holds and stop it, then release every
+        connection. Idempotent; later calls raise ``DatabaseError``."""
         _transaction_rule.refuse(self, "close")
+        with _writers_lock:
+            writers = list(self._audit_writers)
+        failure: Exception | None = None
+        for writer in writers:
+            try:
+                writer.close()
+            except Exception as exc:  # close the rest and the backend first
+                failure = failure or exc
         backend, self._backend = self._backend, _Closed()
         self._stores = self._backend
         if not isinstance(backend, _Closed):
             backend.close()
+        if failure is not None:
+            raise failure
 
     def health_check(self) -> None:
         """Raise ``DatabaseError`` unless the storage answers."""

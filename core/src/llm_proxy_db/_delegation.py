@@ -229,6 +229,17 @@ def _check(parameter: inspect.Parameter, slot: str, globals_: dict[str, Any]) ->
     name = parameter.name
     if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
         return []
+    if get_origin(parameter.annotation) is list:  # list[Model]: the list, then each item
+        (item,) = get_args(parameter.annotation)
+        if not isinstance(item, type):
+            raise TypeError(f"cannot check an argument annotated {parameter.annotation!r}")
+        globals_[slot] = item
+        globals_["_list_error"] = _list_error
+        return [
+            f"    if not isinstance({name}, list) or not all("
+            f"isinstance(_item, {slot}) for _item in {name}): "
+            f"raise _list_error({name!r}, {slot}, {name})"
+        ]
     kinds, optional = _kinds(parameter.annotation)
     if kinds == (int,):
         condition = f"{name}.__class__ is not int"  # an int, never a bool
@@ -273,6 +284,14 @@ def _type_error(name: str, kinds: tuple[type, ...], value: object) -> TypeError:
     return TypeError(f"{name} must be a {wanted}, got {type(value).__name__}")
 
 
+def _list_error(name: str, kind: type, value: object) -> TypeError:
+    wanted = f"{name} must be a list of {kind.__name__}"
+    if not isinstance(value, list):
+        return TypeError(f"{wanted}, got {type(value).__name__}")
+    index, item = next((i, v) for i, v in enumerate(value) if not isinstance(v, kind))
+    return TypeError(f"{wanted}, got {type(item).__name__} at index {index}")
+
+
 def _count_error(name: str, value: object) -> ValueError:
     if isinstance(value, int) and value > _limits.MAX_COUNT:
         shown = _limits.int_text(value)
@@ -303,9 +322,11 @@ class ForwardedStores(Stores):
     increment_cache_hit_count = forward(Stores.increment_cache_hit_count)
     reset_token_usage = forward(Stores.reset_token_usage)
     create_audit_event = forward(Stores.create_audit_event)
+    create_audit_events = forward(Stores.create_audit_events)
     get_audit_event_by_id = forward(Stores.get_audit_event_by_id)
     list_audit_events = forward(Stores.list_audit_events)
     count_audit_events = forward(Stores.count_audit_events)
+    authorize = forward(Stores.authorize)
     stats = forward(Stores.stats)
 
 
@@ -332,7 +353,9 @@ class AsyncForwardedStores:
     increment_cache_hit_count = aforward(Stores.increment_cache_hit_count)
     reset_token_usage = aforward(Stores.reset_token_usage)
     create_audit_event = aforward(Stores.create_audit_event)
+    create_audit_events = aforward(Stores.create_audit_events)
     get_audit_event_by_id = aforward(Stores.get_audit_event_by_id)
     list_audit_events = aforward(Stores.list_audit_events)
     count_audit_events = aforward(Stores.count_audit_events)
+    authorize = aforward(Stores.authorize)
     stats = aforward(Stores.stats)

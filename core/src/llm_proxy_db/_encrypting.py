@@ -3,7 +3,8 @@
 When a key is configured, :func:`~llm_proxy_db.new_from_full_config` puts an
 :class:`EncryptingBackend` between the ``DB`` facade and the backend: a project's
 ``openai_api_key`` is encrypted on its way into ``create_project`` and ``update_project``
-and decrypted in every project the store returns, inside transactions too. Every other
+and decrypted in every project the store returns (``authorize``'s included), inside
+transactions too. Every other
 method (tokens, audit, stats: the hot path) is passed through unchanged by generated
 forwarding (:mod:`._delegation`). Without a key nothing is installed and nothing is paid.
 """
@@ -19,7 +20,7 @@ import attrs
 from ._delegation import AsyncForwardedStores, ForwardedStores, forwarding
 from ._encryption import Cipher
 from ._layers import BackendLayer
-from ._models import Project, trusted_project
+from ._models import Authorization, Project, trusted_project
 from ._protocols import AsyncStores, Stores
 
 if TYPE_CHECKING:
@@ -72,6 +73,12 @@ class _Keys:
         key = self._cipher.decrypt(project.openai_api_key, project_id=project.id)
         return project if key is project.openai_api_key else _with_key(project, key)
 
+    def _opened_in(self, authorization: Authorization) -> Authorization:
+        project = self._opened(authorization.project)
+        if project is authorization.project:
+            return authorization
+        return Authorization(token=authorization.token, project=project)
+
 
 class EncryptingStores(_Keys, _PassThrough):
     """Stores whose projects' upstream keys are encrypted in ``inner`` and plain here."""
@@ -89,6 +96,9 @@ class EncryptingStores(_Keys, _PassThrough):
 
     def list_projects(self) -> list[Project]:
         return [self._opened(project) for project in self._inner.list_projects()]
+
+    def authorize(self, token: str) -> Authorization:
+        return self._opened_in(self._inner.authorize(token))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._cipher!r} over {self._inner!r}>"
@@ -148,6 +158,9 @@ class AsyncEncryptingStores(_Keys, _AsyncPassThrough):
 
     async def list_projects(self) -> list[Project]:
         return [self._opened(project) for project in await self._inner.list_projects()]
+
+    async def authorize(self, token: str) -> Authorization:
+        return self._opened_in(await self._inner.authorize(token))
 
 
 class AsyncEncryptingBackend(AsyncEncryptingStores):

@@ -39,6 +39,7 @@ from ._masking import mask_token
 __all__ = [
     "AuditEvent",
     "AuditEventFilter",
+    "Authorization",
     "Outcome",
     "Project",
     "Stats",
@@ -246,6 +247,15 @@ class Token:
                 project_id=project_id,
                 max_requests=self.max_requests,
             )
+
+
+@attrs.frozen(kw_only=True)
+class Authorization:
+    """What ``authorize`` returns: the counted token and its project (the upstream key
+    included)."""
+
+    token: Token
+    project: Project
 
 
 @attrs.frozen(kw_only=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol, runtime_checkable
 
-from ._models import AuditEvent, AuditEventFilter, Project, Stats, Token
+from ._models import AuditEvent, AuditEventFilter, Authorization, Project, Stats, Token
 
 __all__ = [
     "AsyncBackend",
@@ -138,6 +138,12 @@ class AuditStore(Protocol):
         """Append ``event``; ``AlreadyExistsError`` for a duplicate id."""
         ...
 
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        """Append every event whose id is new; skip, without error, those whose id is
+        already stored (a replay never duplicates). Returns how many were new: 0 for an
+        empty list; an id twice in ``events`` is stored (and counted) once, the first."""
+        ...
+
     def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
         """The event with that id; ``AuditEventNotFoundError`` otherwise."""
         ...
@@ -155,6 +161,16 @@ class Stores(ProjectStore, TokenStore, AuditStore, Protocol):
     """All three stores, plus the operator's counts: what a transaction yields."""
 
     __slots__ = ()
+
+    def authorize(self, token: str) -> Authorization:
+        """Count one request as :meth:`increment_token_usage` does (the same checks, the
+        same refusals in the same order, atomically) and return the counted token with
+        its project, the upstream key included.
+
+        The call a proxy makes per request: one statement on PostgreSQL, one write
+        transaction on SQLite.
+        """
+        ...
 
     def stats(self) -> Stats:
         """Counts of projects, tokens and requests, and the storage size."""
@@ -203,11 +219,13 @@ class AsyncStores(Protocol):
     async def increment_cache_hit_count(self, token: str, delta: int = 1) -> None: ...
     async def reset_token_usage(self, token: str) -> Token: ...
     async def create_audit_event(self, event: AuditEvent) -> AuditEvent: ...
+    async def create_audit_events(self, events: list[AuditEvent]) -> int: ...
     async def get_audit_event_by_id(self, event_id: str) -> AuditEvent: ...
     async def list_audit_events(
         self, filter: AuditEventFilter | None = None
     ) -> list[AuditEvent]: ...
     async def count_audit_events(self, filter: AuditEventFilter | None = None) -> int: ...
+    async def authorize(self, token: str) -> Authorization: ...
     async def stats(self) -> Stats: ...
 
 

@@ -43,9 +43,12 @@ STORAGE_API_VERSION: Final = 3
 (``BackendSpec``, the ``Backend`` protocol, the error classes, ``llm_proxy_db.sql``), bumped
 whenever that interface changes. A backend written for a newer one is refused; one written
 for an older one (down to :data:`MIN_STORAGE_API_VERSION`) gets what was added served by
-the core. Version 3: ``AuditEventFilter.before_id`` (keyset paging) and
+the core. Version 3: ``AuditEventFilter.before_id`` (keyset paging),
 ``DbApiExecutor(connections)`` (``acquire``/``release``/``give_back``; a version-2
-``checkout`` callable is still taken)."""
+``checkout`` callable is still taken), and the store methods ``authorize`` and
+``create_audit_events`` (with ``Step(many=True)``, ``DbApiExecutor.statement_many`` and
+the dialect fields ``update_from_returns_joined``, ``executemany_inserts`` and
+``max_parameters``)."""
 MIN_STORAGE_API_VERSION: Final = 2
 """The oldest storage API this core still implements; a backend written for an older one is
 refused. Backends declare the version they were written for in ``BackendSpec.api_version``."""

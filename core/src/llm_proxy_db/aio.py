@@ -14,6 +14,15 @@ natively; any other runs in worker threads of the ``AsyncDB``'s own.
 from __future__ import annotations
 
 from ._aio import AsyncDB, AsyncStoreFacade, new, new_from_full_config
+from ._aio_audit_writer import AsyncAuditWriter
 from ._lifespan import Lifespan, lifespan
 
-__all__ = ["AsyncDB", "AsyncStoreFacade", "Lifespan", "lifespan", "new", "new_from_full_config"]
+__all__ = [
+    "AsyncAuditWriter",
+    "AsyncDB",
+    "AsyncStoreFacade",
+    "Lifespan",
+    "lifespan",
+    "new",
+    "new_from_full_config",
+]

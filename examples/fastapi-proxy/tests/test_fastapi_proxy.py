@@ -2,7 +2,9 @@
 
 httpx's ``ASGITransport`` does not run the ASGI lifespan, so :func:`serve` does what a
 server (uvicorn) does: it runs the lifespan protocol against the app with a state dict,
-and hands each request a copy of that state, where ``aio.lifespan()`` put the ``AsyncDB``.
+and hands each request a copy of that state, where the app's lifespan put the ``AsyncDB``
+and its ``AsyncAuditWriter``. Audit events are stored in batches after the answer: a test
+reading them flushes the writer first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import attrs
 import httpx
 import pytest
 from fastapi import FastAPI
-from llm_proxy_fastapi import AUDIT_ACTION, Upstream, canned_upstream, create_app
+from llm_proxy_fastapi import AUDIT_ACTION, AUDIT_WRITER, Upstream, canned_upstream, create_app
 
 from llm_proxy_db import AuditEventFilter, FullConfig, Project, Token, aio, mask_token
 
@@ -44,10 +46,12 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> FullConfig:
 
 
 class Proxy:
-    """The running app: an httpx client on it and the app's own ``AsyncDB``."""
+    """The running app: an httpx client on it, the app's own ``AsyncDB`` and audit writer."""
 
-    def __init__(self, client: httpx.AsyncClient, db: aio.AsyncDB) -> None:
-        self.client, self.db = client, db
+    def __init__(
+        self, client: httpx.AsyncClient, db: aio.AsyncDB, audit: aio.AsyncAuditWriter
+    ) -> None:
+        self.client, self.db, self.audit = client, db, audit
 
     async def chat(self, token: str | None, **headers: str) -> httpx.Response:
         if token is not None:
@@ -78,7 +82,8 @@ async def serve(app: FastAPI) -> AsyncIterator[Proxy]:
 
         transport = httpx.ASGITransport(app=with_state, client=("203.0.113.7", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
-            yield Proxy(client, state["db"])
+            assert app.state.audit_writer is state[AUDIT_WRITER]
+            yield Proxy(client, state["db"], state[AUDIT_WRITER])
     finally:
         await step("shutdown")
         await running
@@ -108,7 +113,14 @@ def assert_no_secret(response: httpx.Response, *hidden: str) -> None:
 
 
 async def events(proxy: Proxy, **filters: Any) -> list[Any]:
+    """The proxy's audit events, once the writer has stored every one submitted."""
+    await proxy.audit.flush()
     return await proxy.db.list_audit_events(AuditEventFilter(action=AUDIT_ACTION, **filters))
+
+
+async def count_events(proxy: Proxy, **filters: Any) -> int:
+    await proxy.audit.flush()
+    return await proxy.db.count_audit_events(AuditEventFilter(action=AUDIT_ACTION, **filters))
 
 
 async def test_a_counted_request_gets_the_completion_and_is_audited(config: FullConfig) -> None:
@@ -185,7 +197,7 @@ async def test_refusals_map_to_http_statuses(config: FullConfig) -> None:
         assert_no_secret(response, *hidden, fresh.token)
         (event, *_) = await events(proxy, limit=1)
         assert event.project_id == project.id  # from the error's attributes
-        assert await proxy.db.count_audit_events(AuditEventFilter(action=AUDIT_ACTION)) == 7
+        assert await count_events(proxy) == 7
 
 
 async def test_a_bad_body_is_refused_before_counting(config: FullConfig) -> None:
@@ -260,8 +272,32 @@ async def test_a_limit_of_50_holds_under_200_concurrent_requests(config: FullCon
         statuses = [r.status_code for r in responses]
         assert (statuses.count(200), statuses.count(429)) == (50, 150)
         assert (await proxy.db.get_token_by_id(token.token)).request_count == 50
-        count = proxy.db.count_audit_events
-        assert await count(AuditEventFilter(action=AUDIT_ACTION)) == 200
-        assert await count(AuditEventFilter(action=AUDIT_ACTION, outcome="success")) == 50
+        assert await count_events(proxy) == 200
+        assert await count_events(proxy, outcome="success") == 50
+        assert proxy.audit.written == 200 and proxy.audit.rejected == 0
         request_ids = {r.headers["X-Request-ID"] for r in responses}
         assert len(request_ids) == 200
+
+
+async def test_shutdown_stores_every_submitted_audit_event(config: FullConfig) -> None:
+    async with running(config) as proxy:
+        _, token = await new_token(proxy)
+        for _ in range(20):
+            assert (await proxy.chat(token.token)).status_code == 200
+        writer = proxy.audit
+    assert writer.closed and writer.pending == 0 and writer.written == 20
+    async with await aio.new_from_full_config(config) as db:
+        stored = await db.count_audit_events(AuditEventFilter(action=AUDIT_ACTION))
+        assert stored == 20
+
+
+async def test_a_closed_writer_loses_no_answer(
+    config: FullConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(config) as proxy:
+        _, token = await new_token(proxy)
+        await proxy.audit.close()
+        response = await proxy.chat(token.token)
+        assert response.status_code == 200, response.text
+        assert any("not stored" in r.getMessage() for r in caplog.records)
+        assert await proxy.db.count_audit_events(AuditEventFilter(action=AUDIT_ACTION)) == 0

@@ -21,6 +21,7 @@ from types import TracebackType
 from llm_proxy_db import (
     AuditEvent,
     AuditEventFilter,
+    Authorization,
     DatabaseError,
     Project,
     Stats,
@@ -109,6 +110,10 @@ class _AsyncMemoryStores:
         async with self._guard:
             return self._store.increment_token_usage(token)
 
+    async def authorize(self, token: str) -> Authorization:
+        async with self._guard:
+            return self._store.authorize(token)
+
     async def revoke_token(self, token: str) -> None:
         async with self._guard:
             self._store.revoke_token(token)
@@ -133,6 +138,10 @@ class _AsyncMemoryStores:
     async def create_audit_event(self, event: AuditEvent) -> AuditEvent:
         async with self._guard:
             return self._store.create_audit_event(event)
+
+    async def create_audit_events(self, events: list[AuditEvent]) -> int:
+        async with self._guard:
+            return self._store.create_audit_events(events)
 
     async def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
         async with self._guard:

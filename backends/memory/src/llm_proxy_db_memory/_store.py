@@ -19,6 +19,7 @@ from llm_proxy_db import (
     AuditEvent,
     AuditEventFilter,
     AuditEventNotFoundError,
+    Authorization,
     DatabaseError,
     Project,
     ProjectExistsError,
@@ -178,6 +179,11 @@ class MemoryBackend:
             self._tokens[token] = updated
             return updated
 
+    def authorize(self, token: str) -> Authorization:
+        with self._lock:
+            counted = self.increment_token_usage(token)
+            return Authorization(token=counted, project=self._project(counted.project_id))
+
     def revoke_token(self, token: str) -> None:
         with self._lock:
             self._tokens[token] = self._revoked(self._token(token), utcnow())
@@ -215,6 +221,14 @@ class MemoryBackend:
                 )
             self._events[event.id] = event
             return event
+
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        with self._lock:
+            stored = self._events
+            before = len(stored)
+            for event in events:
+                stored.setdefault(event.id, event)
+            return len(stored) - before
 
     def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
         with self._lock:

@@ -239,6 +239,13 @@ class _Executor(DbApiExecutor["Connection[Any]"]):
         finally:
             cursor.close()
 
+    def statement_many(self, conn: Connection[Any], sql: str, params: Any) -> int:
+        cursor = conn.cursor()
+        try:
+            return int(cursor.executemany(sql, params) or 0)
+        finally:
+            cursor.close()
+
 
 def session_settings(config: FullConfig, *, mariadb: bool) -> str:
     """The ``SET SESSION`` every connection runs first: UTC, the strict ``sql_mode``, the

@@ -50,6 +50,9 @@ MIGRATION_LOCK_TIMEOUT_S = 120.0
 """How long ``up``/``down`` wait for another process's migration run to finish."""
 MIGRATION_LOCK_ID = 5887940537704921958
 """goose's own advisory lock id: this runner and the goose CLI exclude each other."""
+COALESCING_LEADERS = 1
+"""With ``coalesce_increments``: how many increments or batches run at once (the others
+wait and go as one batch)."""
 _RETRYABLE = (
     psycopg.errors.SerializationFailure,
     psycopg.errors.DeadlockDetected,
@@ -573,7 +576,12 @@ class PostgresBackend(SqlBackend):
             translate=self._translate,
             transaction_aborted=_transaction_aborted,
         )
-        super().__init__(executor, _STATEMENTS)
+        super().__init__(
+            executor,
+            _STATEMENTS,
+            coalesce_increments=config.coalesce_increments,
+            leaders=COALESCING_LEADERS,
+        )
         _BACKENDS.add(self)
         self._probe()
         try:
@@ -650,6 +658,7 @@ class PostgresBackend(SqlBackend):
                 self._reopen = False
 
     def close(self) -> None:
+        self.drain()  # coalesced increments in flight end first
         self._reopen = False
         self._breaker.close()
         self._held.close()

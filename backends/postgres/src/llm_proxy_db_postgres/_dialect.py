@@ -27,6 +27,10 @@ POSTGRES = Dialect(
         "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
     ),
     update_returning=True,
+    coalesced_increments=True,  # Statements.increment_batch: unnest(text[], int[])
+    update_from_returns_joined=True,  # authorize: one UPDATE ... FROM projects ... RETURNING
+    array_parameters=True,
+    max_parameters=65535,  # the protocol's bound: a batch insert is chunked below it
     rowcount="matched",
     like_escape="!",
     transactional_ddl=True,

@@ -182,6 +182,13 @@ class _TimedExecutor(DbApiExecutor[Connection]):
         finally:
             conn.deadline = math.inf
 
+    def statement_many(self, conn: Connection, sql: str, params: Any) -> int:
+        conn.deadline = time.monotonic() + self.limit
+        try:
+            return int(conn.executemany(sql, params).rowcount)
+        finally:
+            conn.deadline = math.inf
+
 
 class SQLiteFile:
     """One SQLite database as every backend of this package opens it: the path checked,

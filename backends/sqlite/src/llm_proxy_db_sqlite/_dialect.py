@@ -22,6 +22,9 @@ SQLITE = Dialect(
     ),
     size_query="SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     update_returning=True,  # since SQLite 3.35
+    returning_subqueries=True,
+    executemany_inserts=True,  # sqlite3 sums an executemany's rowcount
+    max_parameters=32766,  # SQLITE_MAX_VARIABLE_NUMBER since 3.32
     rowcount="matched",
     like_escape="!",
     transactional_ddl=True,

@@ -85,6 +85,29 @@ class Dialect:
     the new count from the OK packet (the cursor's ``lastrowid``), then the row: MySQL,
     which has no ``UPDATE ... RETURNING``. The count the caller gets is the one its own
     increment set, whatever a concurrent call did between the two statements."""
+    update_from_returns_joined: bool = False
+    """``UPDATE tokens ... FROM projects p ... RETURNING p.*`` returns the joined table's
+    columns (PostgreSQL): ``authorize`` is then one statement. Elsewhere (SQLite cannot
+    return them) it is the increment and a read of the project in one write transaction
+    (MySQL: the increment, then one read joining the project)."""
+    returning_subqueries: bool = False
+    """``RETURNING`` may hold scalar subqueries (SQLite): ``authorize`` is then one
+    ``UPDATE tokens ... RETURNING <token columns>, (SELECT p.<column> FROM projects p WHERE
+    p.id = tokens.project_id), ...``, where the joined form is not available."""
+    coalesced_increments: bool = False
+    """The dialect has ``Statements.increment_batch`` (array parameters through ``unnest``,
+    ``SELECT ... FOR UPDATE`` in a CTE, ``UPDATE ... FROM ... RETURNING``: PostgreSQL), so
+    concurrent increments may be combined (``FullConfig.coalesce_increments``)."""
+    executemany_inserts: bool = False
+    """A batch of rows is one ``executemany`` of the one-row insert, whose rowcount sums
+    the rows inserted (sqlite3). Otherwise it is one multi-row ``INSERT ... VALUES (...),
+    (...)`` (PostgreSQL, MySQL), in chunks of at most :attr:`max_parameters` parameters."""
+    array_parameters: bool = False
+    """The driver passes a list as an array and ``unnest`` exists (PostgreSQL): a batch
+    insert is then one statement with one array per column, whatever the batch size (one
+    prepared plan; no statement of thousands of placeholders to parse)."""
+    max_parameters: int = 65535
+    """The most parameters one statement may carry (PostgreSQL's protocol: 65535)."""
     project_key_column: str = "openai_api_key"
     """The ``projects`` column holding ``Project.openai_api_key`` (the Go program's MySQL
     schema names it ``api_key``)."""
@@ -101,6 +124,13 @@ class Dialect:
         """An INSERT of one row into ``table`` that does nothing if its key exists, with a
         ``?`` placeholder per column (in this dialect's style)."""
         values = ", ".join("?" for _ in columns.split(","))
+        return self.sql(self.insert_or_ignore.format(table=table, columns=columns, values=values))
+
+    def insert_rows_ignoring_duplicates(self, table: str, columns: str, rows: int) -> str:
+        """:meth:`insert_ignoring_duplicates` for ``rows`` rows in one statement (a
+        multi-row ``VALUES`` list)."""
+        one = ", ".join("?" for _ in columns.split(","))
+        values = "), (".join(one for _ in range(rows))
         return self.sql(self.insert_or_ignore.format(table=table, columns=columns, values=values))
 
     def like_pattern(self, text: str) -> str:

@@ -10,7 +10,8 @@ operation runs on the same connection. Driver exceptions are translated by the b
 :class:`DbApiExecutor` blocks; :class:`AsyncDbApiExecutor` awaits. Both drive the same
 operations, so the store logic exists once. A backend whose driver does not have
 ``connection.execute(sql, params) -> cursor`` overrides :meth:`statement` (and
-:meth:`statement_last_id`, for dialects whose increment reads ``lastrowid``).
+:meth:`statement_last_id`, for dialects whose increment reads ``lastrowid``, and
+:meth:`statement_many`, for dialects whose batch inserts are one ``executemany``).
 
 Inside a transaction every operation runs between ``SAVEPOINT`` and ``RELEASE SAVEPOINT``
 and, when it raises, is undone by ``ROLLBACK TO SAVEPOINT``: a store call that fails in a
@@ -175,6 +176,12 @@ class DbApiExecutor(Generic[C]):
         cursor = conn.execute(sql, params)  # type: ignore[attr-defined]
         return cursor.rowcount, cursor.lastrowid
 
+    def statement_many(self, conn: C, sql: str, params: Any) -> int:
+        """Run one statement on ``conn`` for each parameter tuple of a ``many`` step (one
+        ``executemany``): the summed row count."""
+        cursor = conn.executemany(sql, params)  # type: ignore[attr-defined]
+        return int(cursor.rowcount)
+
     # -- running -------------------------------------------------------------------------
 
     def run(self, operation: Operation[T]) -> T:
@@ -191,9 +198,12 @@ class DbApiExecutor(Generic[C]):
                 else:  # the hot path: _perform and _statement written out for one step
                     step = operation
                     failed: DatabaseError | None = None
+                    result: Any
                     try:
                         if step.last_id:
                             result = self.statement_last_id(conn, step.sql, step.params)
+                        elif step.many:
+                            result = self.statement_many(conn, step.sql, step.params)
                         elif self._plain:
                             cursor = conn.execute(step.sql, step.params)  # type: ignore[attr-defined]
                             result = cursor.fetchall() if step.rows else cursor.rowcount
@@ -262,6 +272,8 @@ class DbApiExecutor(Generic[C]):
         try:
             if step.last_id:
                 return self.statement_last_id(conn, step.sql, step.params)
+            if step.many:
+                return self.statement_many(conn, step.sql, step.params)
             return self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
             error = self._step_error(exc, step)
@@ -397,6 +409,12 @@ class AsyncDbApiExecutor(Generic[C]):
         cursor = await conn.execute(sql, params)  # type: ignore[attr-defined]
         return cursor.rowcount, cursor.lastrowid
 
+    async def statement_many(self, conn: C, sql: str, params: Any) -> int:
+        """Run one statement on ``conn`` for each parameter tuple of a ``many`` step (one
+        ``await conn.executemany(sql, params)``): the summed row count."""
+        cursor = await conn.executemany(sql, params)  # type: ignore[attr-defined]
+        return int(cursor.rowcount)
+
     async def run(self, operation: Operation[T]) -> T:
         """Carry out ``operation`` on a connection of its own."""
         try:
@@ -440,6 +458,8 @@ class AsyncDbApiExecutor(Generic[C]):
         try:
             if step.last_id:
                 return await self.statement_last_id(conn, step.sql, step.params)
+            if step.many:
+                return await self.statement_many(conn, step.sql, step.params)
             return await self.statement(conn, step.sql, step.params, step.rows)
         except self._driver_error as exc:
             error = _violation(self._translate(exc), step)

@@ -25,10 +25,14 @@ from .._errors import (
 )
 from .._limits import MAX_COUNT, counter_overflow_for
 from .._masking import mask_token
-from .._models import AuditEvent, AuditEventFilter, Project, Stats, Token
+from .._models import AuditEvent, AuditEventFilter, Authorization, Project, Stats, Token
 from ._integrity import IntegrityViolation
 from ._operation import Flow, Operation, Step, Steps
 from ._statements import AUDIT_COLUMNS, TOKEN_COLUMNS, Statements
+
+_TOKEN_WIDTH = len(TOKEN_COLUMNS.split(", "))
+"""Where a token-then-project row's project columns start."""
+_AUDIT_WIDTH = len(AUDIT_COLUMNS.split(", "))
 
 __all__ = ["StoreLogic"]
 
@@ -55,6 +59,17 @@ class StoreLogic:
         self._returning = statements.dialect.update_returning
         self._counts_matched = statements.dialect.rowcount == "matched"
         self._last_id = statements.dialect.counter_in_last_insert_id
+        # authorize in one statement: a joined UPDATE (PostgreSQL), or scalar subqueries
+        # in RETURNING (SQLite)
+        self._joined = (
+            statements.dialect.update_from_returns_joined or statements.dialect.returning_subqueries
+        )
+        self._executemany = statements.dialect.executemany_inserts
+        self._batch_rows = max(1, statements.dialect.max_parameters // _AUDIT_WIDTH)
+        """Rows per multi-row INSERT: its parameters stay within the driver's bound."""
+        self._insert_audit_ignoring = statements.dialect.insert_ignoring_duplicates(
+            "audit_events", AUDIT_COLUMNS
+        )
 
     # -- projects -----------------------------------------------------------------------
 
@@ -171,6 +186,31 @@ class StoreLogic:
             in_doubt=_COUNTED,
         )
 
+    def authorize(self, token: str) -> Operation[Authorization]:
+        # increment_token_usage with the project: one statement where the dialect returns
+        # the joined project (PostgreSQL); MySQL's increment then one joined read; else
+        # the increment and the project's read in one write transaction (SQLite).
+        stamp = self._codec.encode_time(utcnow())
+        if self._joined:
+            return Step(
+                self._s.authorize,
+                (stamp, token, stamp),
+                decode=self._authorized,
+                subject=token,
+                in_doubt=_COUNTED,
+            )
+        if self._last_id:
+            return Step(
+                self._s.increment_usage,
+                (stamp, token, stamp),
+                rows=False,
+                last_id=True,
+                decode=self._authorized_by_id,
+                subject=token,
+                in_doubt=_COUNTED,
+            )
+        return Flow(self._count_then_read_project, token, atomic=True)
+
     def revoke_token(self, token: str) -> Operation[None]:
         stamp = self._codec.encode_time(utcnow())
         return Step(
@@ -216,6 +256,36 @@ class StoreLogic:
             on_violation=_event_exists,
         )
 
+    def create_audit_events(self, events: list[AuditEvent]) -> Operation[int]:
+        # One statement per batch: an executemany of the one-row insert-or-skip where the
+        # driver sums its rowcount (SQLite), else one multi-row insert-or-skip per chunk of
+        # at most max_parameters parameters (several chunks: one transaction).
+        if not events:
+            return _NOTHING_INSERTED
+        if self._executemany:
+            params = self._codec.audit_params
+            rows = [params(event) for event in events]
+            # executemany on an autocommit connection commits each row: one transaction
+            # instead (all or nothing, and one commit for the batch).
+            insert: Step[int] = Step(self._insert_audit_ignoring, rows, rows=False, many=True)
+            return Flow(_summed, [insert], atomic=True)
+        if self._s.insert_audit_arrays:  # one statement, one array per column
+            params = self._codec.audit_params
+            columns = [list(column) for column in zip(*(params(e) for e in events), strict=True)]
+            return Step(self._s.insert_audit_arrays, columns, rows=False)
+        size = self._batch_rows
+        if len(events) <= size:
+            return self._insert_audit_rows(events)
+        chunks = [events[start : start + size] for start in range(0, len(events), size)]
+        return Flow(_summed, [self._insert_audit_rows(chunk) for chunk in chunks], atomic=True)
+
+    def _insert_audit_rows(self, events: list[AuditEvent]) -> Step[int]:
+        params = self._codec.audit_params
+        sql = self.dialect.insert_rows_ignoring_duplicates(
+            "audit_events", AUDIT_COLUMNS, len(events)
+        )
+        return Step(sql, [value for e in events for value in params(e)], rows=False)
+
     def get_audit_event_by_id(self, event_id: str) -> Operation[AuditEvent]:
         return Step(self._s.get_audit, (event_id,), decode=self._one_event, subject=event_id)
 
@@ -241,6 +311,41 @@ class StoreLogic:
 
     def stats(self) -> Operation[Stats]:
         return Flow(self._stats)
+
+    # -- coalesced increments (Dialect.coalesced_increments) ------------------------------
+
+    def increment_batch(self, wanted: dict[str, int]) -> Operation[dict[str, tuple[int, Any]]]:
+        """One statement counting ``wanted[token]`` requests of each token, at most what
+        its quota leaves: ``{token: (granted, row)}`` for each token granted any, the row
+        holding the final count (:meth:`granted_token`, :meth:`granted_authorization`
+        read it); a token left out was not usable (:meth:`refused_increment` says why)."""
+        stamp = self._codec.encode_time(utcnow())
+        params = (list(wanted), list(wanted.values()), stamp, stamp)
+        return Step(self._s.increment_batch, params, decode=_granted, in_doubt=_COUNTED)
+
+    def granted_token(self, row: Any, count: int) -> Token:
+        """The token of an :meth:`increment_batch` row, as the increment that set
+        ``request_count`` to ``count`` returned it."""
+        token_row = list(row[1 : 1 + _TOKEN_WIDTH])
+        token_row[_REQUEST_COUNT] = count
+        return self._codec.token(token_row)
+
+    def granted_authorization(self, row: Any, count: int) -> Authorization:
+        """As :meth:`granted_token`, with the project of the row."""
+        return Authorization(
+            token=self.granted_token(row, count),
+            project=self._codec.project(row[1 + _TOKEN_WIDTH :]),
+        )
+
+    def refused_increment(self, token: str) -> Operation[Token]:
+        """After a batch left ``token``'s request uncounted: the precise refusal (or the
+        count, if a concurrent change made the token usable again), as a refused
+        ``increment_token_usage`` explains it."""
+        return self._explain_refusal(token, utcnow())
+
+    def refused_authorize(self, token: str) -> Operation[Authorization]:
+        """:meth:`refused_increment` for ``authorize``."""
+        return Flow(self._authorize_refusal, token, utcnow())
 
     # -- flows --------------------------------------------------------------------------
 
@@ -292,6 +397,31 @@ class StoreLogic:
             self.get_token_by_id(token) if counted else self._explain_refusal(token, now)
         )
         return token_row
+
+    def _count_then_read_project(self, token: str) -> Steps[Authorization]:
+        now = utcnow()  # taken when the flow runs (again, on a retry)
+        stamp = self._codec.encode_time(now)
+        params = (stamp, token, stamp)
+        counted: Token
+        if self._returning:
+            rows = yield Step(self._s.increment_usage, params, in_doubt=_COUNTED)
+            if rows:
+                counted = self._codec.token(rows[0])
+            else:
+                counted = yield self._explain_refusal(token, now)
+        else:
+            matched = yield Step(self._s.increment_usage, params, rows=False, in_doubt=_COUNTED)
+            read = self.get_token_by_id(token) if matched else self._explain_refusal(token, now)
+            counted = yield read
+        project: Project = yield self.get_project_by_id(counted.project_id)
+        return Authorization(token=counted, project=project)
+
+    def _authorize_refusal(self, token: str, now: Any) -> Steps[Authorization]:
+        # The refusal explained as for increment_token_usage; if the explanation counted
+        # the request after all (a concurrent change), the project is read.
+        counted: Token = yield self._explain_refusal(token, now)
+        project: Project = yield self.get_project_by_id(counted.project_id)
+        return Authorization(token=counted, project=project)
 
     def _explain_refusal(self, token: str, now: Any) -> Flow[Token]:
         return Flow(self._refusal, token, now)
@@ -398,6 +528,39 @@ class StoreLogic:
         row[_REQUEST_COUNT] = count
         return self._codec.token(row)
 
+    def _authorized(self, rows: list[Any], token: str) -> Authorization | Flow[Authorization]:
+        if rows:
+            return self._authorization(rows[0])
+        return Flow(self._authorize_refusal, token, utcnow())
+
+    def _authorization(self, row: Any) -> Authorization:
+        return Authorization(
+            token=self._codec.token(row[:_TOKEN_WIDTH]),
+            project=self._codec.project(row[_TOKEN_WIDTH:]),
+        )
+
+    def _authorized_by_id(
+        self, result: tuple[int, int], token: str
+    ) -> Step[Authorization] | Flow[Authorization]:
+        matched, count = result
+        if matched:
+            return Step(
+                self._s.get_token_with_project,
+                (token,),
+                decode=self._read_authorized,
+                subject=(token, count),
+            )
+        return Flow(self._authorize_refusal, token, utcnow())
+
+    def _read_authorized(self, rows: list[Any], subject: tuple[str, int]) -> Authorization:
+        # As _read_counted, with the project joined.
+        token, count = subject
+        if not rows:
+            raise TokenNotFoundError.for_token(token)  # deleted since it was counted
+        row = list(rows[0])
+        row[_REQUEST_COUNT] = count
+        return self._authorization(row)
+
     def _cache_hits_counted(self, count: int, token: str) -> Step[None] | None:
         if count:
             return None
@@ -430,6 +593,26 @@ class StoreLogic:
         if count:
             return count
         return Step(self._s.audit_exists, (before_id,), decode=_none_counted, subject=before_id)
+
+
+def _no_rows() -> Steps[int]:
+    yield from ()  # a generator with no step: nothing to run
+    return 0
+
+
+_NOTHING_INSERTED: Flow[int] = Flow(_no_rows)
+
+
+def _summed(steps: list[Step[int]]) -> Steps[int]:
+    total = 0
+    for step in steps:
+        total += yield step
+    return total
+
+
+def _granted(rows: list[Any], subject: None) -> dict[str, tuple[int, Any]]:
+    # Each row: the count granted, then the token's columns (its token second).
+    return {row[2]: (int(row[0]), row) for row in rows}
 
 
 def _subject(count: int, subject: Any) -> Any:

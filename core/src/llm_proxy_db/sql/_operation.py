@@ -34,7 +34,8 @@ T_co = TypeVar("T_co", covariant=True)
 
 Decoder: TypeAlias = Callable[[Any, Any], Any]
 """``decode(result, subject)``: ``result`` is the list of rows (``rows=True``), the row
-count, or ``(rowcount, lastrowid)`` (``last_id=True``); ``subject`` is the step's.
+count, or ``(rowcount, lastrowid)`` (``last_id=True``) or the summed row count (``many=True``);
+``subject`` is the step's.
 Returns the value, an operation to run next, or raises."""
 
 ViolationMapper: TypeAlias = Callable[[IntegrityViolation, Any], DatabaseError]
@@ -58,6 +59,7 @@ class Step(Generic[T_co]):
         "decode",
         "in_doubt",
         "last_id",
+        "many",
         "on_violation",
         "params",
         "rows",
@@ -76,6 +78,7 @@ class Step(Generic[T_co]):
         on_violation: ViolationMapper | None = None,
         in_doubt: str | None = None,
         last_id: bool = False,
+        many: bool = False,
     ) -> None:
         self.sql = sql
         """The statement, in the dialect's placeholder style."""
@@ -95,6 +98,9 @@ class Step(Generic[T_co]):
         """With ``rows=False``: the decoder gets ``(rowcount, lastrowid)``, the value an
         ``UPDATE ... SET c = LAST_INSERT_ID(expr)`` sent back in its OK packet (MySQL:
         the updated value without a second statement)."""
+        self.many = many
+        """``params`` is a list of parameter tuples, run as one ``executemany``; the
+        decoder gets the summed row count (``rows`` must be False)."""
 
     def __repr__(self) -> str:  # never the parameters: they may hold secrets
         return f"<Step {self.sql.split(None, 1)[0]} rows={self.rows}>"

@@ -165,6 +165,10 @@ does not range-scan a row-value inequality). An unknown id makes the subquery NU
 match, and the store logic then checks whether the id exists."""
 
 
+def _qualified(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
+
+
 def _insert(table: str, columns: str) -> str:
     placeholders = ", ".join("?" for _ in columns.split(","))
     return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
@@ -186,6 +190,18 @@ class Statements:
     list_tokens: str
     list_project_tokens: str
     increment_usage: str
+    authorize: str
+    """Where ``Dialect.update_from_returns_joined`` holds: the increment joined with the
+    project, returning the token's columns then the project's (:data:`PROJECT_COLUMNS`)."""
+    get_token_with_project: str
+    """The token's columns then its project's, joined."""
+    increment_batch: str
+    """Where ``Dialect.coalesced_increments`` holds (else ``""``): several tokens' increments
+    in one statement, with the tokens and their requested counts as two array parameters
+    (one prepared plan for every batch size), then the time twice (expiry, ``last_used_at``).
+    Locks the usable tokens' rows in token order, grants each ``min(requested, what its
+    quota and MAX_COUNT leave)`` and returns, per token granted, the count granted, the
+    token's columns (the final count) then its project's."""
     revoke_token: str
     revoke_project_tokens: str
     revoke_expired_tokens: str
@@ -207,6 +223,22 @@ class Statements:
         for name, text in _STATEMENTS.items():
             setattr(self, name, dialect.sql(_fill(text + returning.get(name, ""), dialect)))
         self.audit_order = _fill(_AUDIT_ORDER, dialect)
+        self.insert_audit_arrays = (
+            dialect.sql(
+                dialect.insert_or_ignore.format(
+                    table="audit_events",
+                    columns=AUDIT_COLUMNS,
+                    values="?",  # replaced below: INSERT ... SELECT FROM unnest(...)
+                ).replace("VALUES (?)", f"SELECT * FROM unnest({_AUDIT_ARRAYS})")
+            )
+            if dialect.array_parameters
+            else ""
+        )
+        """``create_audit_events`` where ``array_parameters``: one array per column."""
+        if dialect.returning_subqueries:  # authorize in one statement without UPDATE ... FROM
+            self.authorize = dialect.sql(_fill(_AUTHORIZE_BY_SUBQUERIES, dialect))
+        batch = _fill(_INCREMENT_BATCH, dialect) if dialect.coalesced_increments else ""
+        self.increment_batch = dialect.sql(batch) if batch else ""
 
     def sql(self, statement: str) -> str:
         """An ad-hoc statement (one built from a filter) in this dialect's style."""
@@ -220,6 +252,7 @@ def _fill(template: str, dialect: Dialect) -> str:
     back so) and ``{binary:COLUMN}`` (COLUMN sorting by code point,
     so every backend orders text alike whatever the database's collation)."""
     text = template.replace("{expires_at}", dialect.comparable_time("expires_at"))
+    text = text.replace("{tokens.expires_at}", dialect.comparable_time("tokens.expires_at"))
     text = text.replace("{project_key}", dialect.project_key_column)
     if dialect.counter_in_last_insert_id:
         text = text.replace(_COUNT_UP, "request_count = LAST_INSERT_ID(request_count + 1)")
@@ -237,6 +270,49 @@ _TOKEN_USABLE = (
     "AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active)"
 )
 _COUNT_UP = "request_count = request_count + 1"
+_TOKEN_AND_PROJECT = f"{_qualified('tokens', TOKEN_COLUMNS)}, {_qualified('p', PROJECT_COLUMNS)}"
+_AUTHORIZE = (
+    # increment_usage with the project joined: every column qualified (tokens and projects
+    # share is_active, deactivated_at and created_at).
+    "UPDATE tokens SET request_count = tokens.request_count + 1, last_used_at = ? "
+    "FROM projects p WHERE tokens.token = ? AND p.id = tokens.project_id AND p.is_active "
+    "AND tokens.is_active AND (tokens.expires_at IS NULL OR {tokens.expires_at} > ?) "
+    "AND (tokens.max_requests IS NULL OR tokens.request_count < tokens.max_requests) "
+    f"AND tokens.request_count < {MAX_COUNT} RETURNING {_TOKEN_AND_PROJECT}"
+)
+_AUDIT_ARRAYS = ", ".join(
+    "?::timestamp[]" if column == "timestamp" else "?::text[]"
+    for column in AUDIT_COLUMNS.split(", ")
+)
+"""One array parameter per audit column, typed as the schema's columns (all text but the
+timestamp)."""
+_AUTHORIZE_BY_SUBQUERIES = (
+    # increment_usage returning the project too, one scalar subquery per project column.
+    f"UPDATE tokens SET {_COUNT_UP}, last_used_at = ? WHERE token = ? AND {_TOKEN_USABLE} "
+    f"RETURNING {TOKEN_COLUMNS}, "
+    + ", ".join(
+        f"(SELECT p.{column} FROM projects p WHERE p.id = tokens.project_id)"
+        for column in PROJECT_COLUMNS.split(", ")
+    )
+)
+_INCREMENT_BATCH = (
+    # The usable rows (the increment's conditions), locked in token order so that two
+    # batches never deadlock; each is granted what its quota leaves, at most the request.
+    "WITH wanted AS (SELECT token, wanted FROM unnest(?::text[], ?::int[]) AS w(token, wanted)), "
+    "locked AS (SELECT tokens.token, tokens.request_count, tokens.max_requests, wanted.wanted "
+    "FROM tokens JOIN wanted ON wanted.token = tokens.token "
+    "JOIN projects p ON p.id = tokens.project_id AND p.is_active "
+    "WHERE tokens.is_active AND (tokens.expires_at IS NULL OR {tokens.expires_at} > ?) "
+    "AND (tokens.max_requests IS NULL OR tokens.request_count < tokens.max_requests) "
+    f"AND tokens.request_count < {MAX_COUNT} "
+    "ORDER BY tokens.token FOR UPDATE OF tokens), "
+    "granted AS (SELECT token, LEAST(wanted, "
+    f"COALESCE(max_requests, {MAX_COUNT}) - request_count, {MAX_COUNT} - request_count) AS n "
+    "FROM locked) "
+    "UPDATE tokens SET request_count = tokens.request_count + granted.n, last_used_at = ? "
+    "FROM granted, projects p WHERE tokens.token = granted.token AND p.id = tokens.project_id "
+    f"RETURNING granted.n, {_TOKEN_AND_PROJECT}"
+)
 _REVOKE = "UPDATE tokens SET is_active = FALSE, deactivated_at = COALESCE(deactivated_at, ?)"
 
 _STATEMENTS: dict[str, str] = {
@@ -265,6 +341,11 @@ _STATEMENTS: dict[str, str] = {
     ),
     "increment_usage": (
         f"UPDATE tokens SET {_COUNT_UP}, last_used_at = ? WHERE token = ? AND {_TOKEN_USABLE}"
+    ),
+    "authorize": _AUTHORIZE,
+    "get_token_with_project": (
+        f"SELECT {_TOKEN_AND_PROJECT} FROM tokens JOIN projects p ON p.id = tokens.project_id "
+        "WHERE tokens.token = ?"
     ),
     "revoke_token": f"{_REVOKE} WHERE token = ?",
     "revoke_project_tokens": f"{_REVOKE} WHERE project_id = ? AND is_active",

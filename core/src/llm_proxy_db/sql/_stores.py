@@ -14,6 +14,7 @@ from typing import Any
 
 from .._delegation import AsyncForwardedStores, ForwardedStores, forwarding
 from .._protocols import Stores
+from ._coalesce import CoalescedIncrements
 from ._execute import AsyncDbApiExecutor, AsyncExecutor, DbApiExecutor, Executor
 from ._logic import StoreLogic
 from ._operation import Flow, Step, Steps
@@ -72,10 +73,31 @@ class SqlBackend(SqlStores):
     (for migrations) ``migration_connection()``.
     """
 
-    def __init__(self, executor: DbApiExecutor[Any], statements: Statements) -> None:
+    def __init__(
+        self,
+        executor: DbApiExecutor[Any],
+        statements: Statements,
+        *,
+        coalesce_increments: bool = False,
+        leaders: int = 1,
+    ) -> None:
         super().__init__(executor, StoreLogic(statements))
         self.executor = executor
         """The executor: :meth:`DbApiExecutor.connection` lends a connection."""
+        self._coalesced: CoalescedIncrements | None = None
+        if coalesce_increments and statements.dialect.coalesced_increments:
+            # FullConfig.coalesce_increments, where the dialect has the batch statement:
+            # the two counting calls go through the combiner (never a transaction's).
+            coalesced = CoalescedIncrements(executor, self._logic, leaders=leaders)
+            self._coalesced = coalesced
+            self.increment_token_usage = coalesced.increment_token_usage  # type: ignore[method-assign]
+            self.authorize = coalesced.authorize  # type: ignore[method-assign]
+
+    def drain(self) -> None:
+        """Refuse new coalesced calls and wait for those in flight (a backend's
+        ``close()`` calls it before closing its connections)."""
+        if self._coalesced is not None:
+            self._coalesced.close()
 
     def health_check(self, *, tables: bool = True) -> None:
         """Raise ``DatabaseError`` unless the database answers a bounded read of each table

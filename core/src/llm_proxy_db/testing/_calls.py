@@ -60,6 +60,8 @@ def _sample(method: str, parameter: inspect.Parameter, keys: Keys) -> object:
         return Token(project_id=keys.project_id)
     if kind is AuditEvent:
         return AuditEvent(action="sample.call", actor="conformance", outcome="success")
+    if kind == list[AuditEvent]:
+        return [AuditEvent(action="sample.call", actor="conformance", outcome="success")]
     if kind is str:
         by_name = {"project_id": keys.project_id, "token": keys.token, "event_id": keys.event_id}
         if parameter.name in by_name:

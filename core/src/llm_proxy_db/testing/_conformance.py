@@ -8,6 +8,7 @@ from ._failures import FailureTests
 from ._inputs import InputTests
 from ._lifecycle import LifecycleTests
 from ._projects import ProjectTests
+from ._request_path import RequestPathTests
 from ._safety import SafetyTests
 from ._stateful import StatefulTests
 from ._tokens import TokenTests
@@ -21,6 +22,7 @@ class StoreConformance(
     TokenTests,
     UsageTests,
     AuditTests,
+    RequestPathTests,
     LifecycleTests,
     SafetyTests,
     FailureTests,

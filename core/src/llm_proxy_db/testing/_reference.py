@@ -32,7 +32,7 @@ from .._errors import (
     TokenLimitReachedError,
     TokenNotFoundError,
 )
-from .._models import AuditEvent, AuditEventFilter, Project, Token
+from .._models import AuditEvent, AuditEventFilter, Authorization, Project, Token
 
 __all__ = ["ReferenceModel"]
 
@@ -152,6 +152,10 @@ class ReferenceModel:
         self.tokens[value] = updated
         return updated
 
+    def authorize(self, value: str, now: datetime) -> Authorization:
+        counted = self.increment_token_usage(value, now)
+        return Authorization(token=counted, project=self.projects[counted.project_id])
+
     def _deactivate(self, value: str, now: datetime) -> None:
         stored = self.tokens[value]
         if stored.deactivated_at is None:
@@ -206,6 +210,14 @@ class ReferenceModel:
             raise AlreadyExistsError("duplicate audit event id")
         self.events[event.id] = event
         return event
+
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        added = 0
+        for event in events:
+            if event.id not in self.events:
+                self.events[event.id] = event
+                added += 1
+        return added
 
     def get_audit_event(self, event_id: str) -> AuditEvent:
         if event_id not in self.events:

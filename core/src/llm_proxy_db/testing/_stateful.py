@@ -376,6 +376,23 @@ class StoreMachine(RuleBasedStateMachine):
             "increment_token_usage", outcome, lambda: model.increment_token_usage(value, stamp)
         )
 
+    def do_authorize(self, store: StoreFacade, model: ReferenceModel, value: str) -> None:
+        outcome = attempt(lambda: store.authorize(value))
+        stamp = outcome.before
+        if outcome.value is not None:
+            stamp_or_none = outcome.value.token.last_used_at
+            self.check_stamp("authorize last_used_at", outcome, stamp_or_none)
+            assert stamp_or_none is not None
+            stamp = stamp_or_none
+        self.agree("authorize", outcome, lambda: model.authorize(value, stamp))
+
+    def do_create_events(
+        self, store: StoreFacade, model: ReferenceModel, events: list[AuditEvent]
+    ) -> None:
+        outcome = attempt(lambda: store.create_audit_events(events))
+        if self.agree("create_audit_events", outcome, lambda: model.create_audit_events(events)):
+            self.event_ids.extend(e.id for e in events if e.id not in self.event_ids)
+
     def adopt_revocations(
         self, what: str, store: StoreFacade, model: ReferenceModel, outcome: Outcome[Any]
     ) -> None:
@@ -580,6 +597,10 @@ class StoreMachine(RuleBasedStateMachine):
             self.do_increment(self.db, self.model, value)
 
     @rule(data=st.data())
+    def authorize(self, data: st.DataObject) -> None:
+        self.do_authorize(self.db, self.model, self.token_value(data))
+
+    @rule(data=st.data())
     def revoke_token(self, data: st.DataObject) -> None:
         self.do_revoke(self.db, self.model, self.token_value(data))
 
@@ -624,6 +645,19 @@ class StoreMachine(RuleBasedStateMachine):
     def create_audit_event(self, event: AuditEvent) -> None:
         self.do_create_event(self.db, self.model, event)
 
+    @rule(data=st.data(), events=st.lists(audit_events(), max_size=4))
+    def create_audit_events(self, data: st.DataObject, events: list[AuditEvent]) -> None:
+        """A batch mixing new events, copies of stored ones (a replay) and repeats."""
+        batch = list(events)
+        replay: bool = data.draw(st.booleans(), label="replay some")
+        if replay and self.model.events:
+            stored = st.sampled_from(sorted(self.model.events))
+            batch += [self.model.events[i] for i in data.draw(st.lists(stored, max_size=3))]
+        repeat: bool = data.draw(st.booleans(), label="repeat one")
+        if repeat and batch:
+            batch.append(attrs.evolve(batch[0], action="repeat.copy"))
+        self.do_create_events(self.db, self.model, batch)
+
     @rule(data=st.data())
     def get_audit_event(self, data: st.DataObject) -> None:
         event_id = self.event_id(data)
@@ -659,6 +693,8 @@ class StoreMachine(RuleBasedStateMachine):
                     "reset",
                     "delete_token",
                     "audit",
+                    "authorize",
+                    "audit_batch",
                     "read",
                 )
             ),
@@ -693,6 +729,12 @@ class StoreMachine(RuleBasedStateMachine):
         elif kind == "audit":
             event = data.draw(audit_events())
             self.do_create_event(tx, model, attrs.evolve(event, id=self.fresh("ev-tx-")))
+        elif kind == "authorize":
+            self.do_authorize(tx, model, self.live_token(data, model))
+        elif kind == "audit_batch":
+            events = data.draw(st.lists(audit_events(), max_size=3))
+            fresh = [attrs.evolve(event, id=self.fresh("ev-tx-")) for event in events]
+            self.do_create_events(tx, model, fresh + fresh[:1])
         else:  # read what the transaction wrote so far
             assert tx.list_projects() == model.list_projects(), "a transaction misreads itself"
             self.same_tokens("list_tokens in a transaction", tx.list_tokens(), model.list_tokens())

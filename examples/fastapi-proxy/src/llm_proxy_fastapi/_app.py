@@ -1,9 +1,10 @@
-"""The proxy: ``POST /v1/chat/completions`` on ``aio.lifespan()``.
+"""The proxy: ``POST /v1/chat/completions`` on ``aio.lifespan()`` and an audit writer.
 
-Each request: the bearer token is counted with ``increment_token_usage`` (one atomic
-statement that also refuses it), the project's upstream key is read, the upstream is
-called, and one audit event records the outcome. Refusals become HTTP statuses from the
-error classes alone, never from their messages.
+Each request: the bearer token is counted with ``authorize`` (one call that validates,
+counts or refuses it and returns its project with the upstream key), the upstream is
+called, and one audit event recording the outcome is submitted to the app's
+``AsyncAuditWriter``, which stores events in batches off the request's path. Refusals
+become HTTP statuses from the error classes alone, never from their messages.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -34,12 +36,20 @@ from llm_proxy_db import (
     mask_token,
 )
 
-__all__ = ["AUDIT_ACTION", "Upstream", "canned_upstream", "create_app"]
+__all__ = ["AUDIT_ACTION", "AUDIT_WRITER", "Upstream", "canned_upstream", "create_app"]
 
 logger = logging.getLogger("llm_proxy_fastapi")
 
 AUDIT_ACTION = "proxy.request"
 """The ``action`` of the audit event written for every request."""
+
+AUDIT_WRITER = "audit_writer"
+"""Where the app's ``AsyncAuditWriter`` is: ``request.state.audit_writer`` (the lifespan
+state, next to ``db``) and ``app.state.audit_writer`` while the app runs."""
+
+AUDIT_SUBMIT_TIMEOUT = 1.0
+"""Seconds a request waits for room in a full audit backlog (the database down or slow)
+before its event is logged as not stored."""
 
 Upstream = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 """The upstream call: ``(request body, upstream API key) -> chat completion``."""
@@ -160,13 +170,36 @@ async def _chat_body(request: Request) -> dict[str, Any]:
     return cast(dict[str, Any], body)
 
 
+def _lifespan(
+    config: FullConfig | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
+    """``aio.lifespan(config)`` plus an audit writer on its database, closed (everything
+    pending stored) before the database closes."""
+    database = aio.lifespan(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with database(app) as state:
+            writer = await state["db"].audit_writer()
+            setattr(app.state, AUDIT_WRITER, writer)
+            try:
+                yield {**state, AUDIT_WRITER: writer}
+            finally:
+                await writer.close()
+                setattr(app.state, AUDIT_WRITER, None)
+
+    return lifespan
+
+
 def create_app(config: FullConfig | None = None, upstream: Upstream = canned_upstream) -> FastAPI:
-    """The proxy application on ``aio.lifespan(config)`` (default: the environment)."""
-    app = FastAPI(title="llm-proxy-fastapi", lifespan=aio.lifespan(config))
+    """The proxy application on ``aio.lifespan(config)`` (default: the environment), with
+    an ``AsyncAuditWriter`` for the audit events."""
+    app = FastAPI(title="llm-proxy-fastapi", lifespan=_lifespan(config))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> JSONResponse:
         db = cast(aio.AsyncDB, request.state.db)
+        audit = cast(aio.AsyncAuditWriter, getattr(request.state, AUDIT_WRITER))
         request_id = _request_id(request)
         trail: dict[str, Any] = {"actor": "anonymous"}
         status, reason, response = 200, None, None
@@ -175,9 +208,7 @@ def create_app(config: FullConfig | None = None, upstream: Upstream = canned_ups
             trail["actor"] = trail["token_id"] = mask_token(token_value)
             body = await _chat_body(request)
             try:
-                token = await db.increment_token_usage(token_value)
-                trail["project_id"] = token.project_id
-                project = await db.get_project_by_id(token.project_id)
+                authorized = await db.authorize(token_value)
             except TokenUsageError as exc:
                 trail["project_id"] = exc.project_id
                 raise _refusal(exc) from None
@@ -185,8 +216,9 @@ def create_app(config: FullConfig | None = None, upstream: Upstream = canned_ups
                 # The class only: a backend's message is masked, but the log needs no more.
                 logger.warning("request %s: the store failed (%s)", request_id, type(exc).__name__)
                 raise _refusal(exc) from None
+            trail["project_id"] = authorized.project.id
             try:
-                completion = await upstream(body, project.openai_api_key)
+                completion = await upstream(body, authorized.project.openai_api_key)
             except Exception as exc:
                 # Only the class: an upstream's message may quote the request or the key.
                 raise _Refusal(
@@ -198,7 +230,7 @@ def create_app(config: FullConfig | None = None, upstream: Upstream = canned_ups
             if refusal.__cause__ is not None:
                 reason = f"{refusal.code}: {type(refusal.__cause__).__name__}"
             response = refusal.response(request_id)
-        await _audit(db, request, request_id, trail, status, reason)
+        await _audit(audit, request, request_id, trail, status, reason)
         return response
 
     @app.get("/healthz")
@@ -214,15 +246,16 @@ def create_app(config: FullConfig | None = None, upstream: Upstream = canned_ups
 
 
 async def _audit(
-    db: aio.AsyncDB,
+    audit: aio.AsyncAuditWriter,
     request: Request,
     request_id: str,
     trail: dict[str, Any],
     status: int,
     reason: str | None,
 ) -> None:
-    """One audit event for the request; a store that cannot take it is logged, not raised
-    (the client's answer is already decided)."""
+    """One audit event for the request, submitted to the writer (stored in a batch soon
+    after); a writer that cannot take it is logged, not raised (the client's answer is
+    already decided)."""
     event = AuditEvent(
         action=AUDIT_ACTION,
         outcome="success" if status == 200 else "failure",
@@ -244,6 +277,6 @@ async def _audit(
         trail.get("token_id", "-"),
     )
     try:
-        await db.create_audit_event(event)
+        await audit.submit(event, timeout=AUDIT_SUBMIT_TIMEOUT)
     except DatabaseError as exc:
         logger.warning("audit event for request %s not stored: %s", request_id, exc)

@@ -35,6 +35,7 @@ from llm_proxy_db import (
     AuditEvent,
     AuditEventFilter,
     AuditEventNotFoundError,
+    Authorization,
     ConfigError,
     DatabaseError,
     FullConfig,
@@ -208,6 +209,10 @@ class _Session:
             attrs.evolve(stored, request_count=stored.request_count + 1, last_used_at=now)
         )
 
+    def authorize(self, token: str) -> Authorization:
+        counted = self.increment_token_usage(token)
+        return Authorization(token=counted, project=self._project(counted.project_id))
+
     def _revoke(self, token: Token, now: datetime) -> None:
         self._store_token(
             attrs.evolve(token, is_active=False, deactivated_at=token.deactivated_at or now)
@@ -251,6 +256,16 @@ class _Session:
         self.events[event.id] = event
         self.changed = True
         return event
+
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        self._check_open()
+        before = len(self.events)
+        for event in events:
+            self.events.setdefault(event.id, event)
+        added = len(self.events) - before
+        if added:
+            self.changed = True
+        return added
 
     def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
         self._check_open()
@@ -489,6 +504,9 @@ class JsonFileBackend:
     def increment_token_usage(self, token: str) -> Token:
         return self._run(lambda s: s.increment_token_usage(token))
 
+    def authorize(self, token: str) -> Authorization:
+        return self._run(lambda s: s.authorize(token))
+
     def revoke_token(self, token: str) -> None:
         self._run(lambda s: s.revoke_token(token))
 
@@ -506,6 +524,9 @@ class JsonFileBackend:
 
     def create_audit_event(self, event: AuditEvent) -> AuditEvent:
         return self._run(lambda s: s.create_audit_event(event))
+
+    def create_audit_events(self, events: list[AuditEvent]) -> int:
+        return self._run(lambda s: s.create_audit_events(events))
 
     def get_audit_event_by_id(self, event_id: str) -> AuditEvent:
         return self._run(lambda s: s.get_audit_event_by_id(event_id))
