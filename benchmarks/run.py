@@ -11,7 +11,10 @@ Core. Variants run in interleaved rounds (the order rotates each round) in one p
 a noisy machine slows all of them alike; each round gives a ratio ours / other, and the
 table shows the median and the min-max of those ratios. Then thread scaling (1, 4, 8, 16
 threads), and on PostgreSQL 4 processes x 8 threads on one database whose request counts
-must add up exactly to the acknowledged increments. Then the asyncio API, on one event loop
+must add up exactly to the acknowledged increments; and ``coalesce_increments`` at 32
+threads (a token per thread, one shared token) against the same settings without, and
+against pgbench running the library's UPDATE at 32 clients (skipped when pgbench is not
+installed), then its p50 latency at 1 thread. Then the asyncio API, on one event loop
 per backend and the same database: ``AsyncDB`` token calls against a raw psycopg
 ``AsyncConnectionPool`` of the same size (1 task, 64 tasks) and against raw aiosqlite, when
 installed (1 task), and increments at 8 tasks against the ``DB`` at 8 threads. On MySQL
@@ -31,10 +34,14 @@ import argparse
 import asyncio
 import importlib
 import json
+import math
 import multiprocessing
 import os
+import re
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1513,6 +1520,7 @@ def postgres_body(
         report.rows.append(proxy_path_row(db, tokens, sizes, 2.0))
         report.rows += spool_rows(db, project_ids[3], sizes)
         report.rows += postgres_thread_rows(db, url, options, tokens, sizes)
+        report.rows += postgres_coalescing_rows(db, url, options, tokens, sizes)
         report.rows += postgres_async_rows(db, url, options, tokens, sizes)
         report.extra["processes"] = processes_run(scoped, connect, tokens, sizes)
     finally:
@@ -1621,6 +1629,244 @@ def postgres_thread_rows(
             )
     finally:
         pool.close()
+    return rows
+
+
+COALESCE_THREADS = 32
+"""Client threads (and pgbench clients) of the coalescing rows (issue 14's bar)."""
+
+PGBENCH_TOKENS = 1024
+"""How many seeded tokens pgbench's script picks from at random."""
+
+
+def find_pgbench() -> str | None:
+    """The pgbench executable: on PATH, or Debian's versioned folder."""
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)
+    return str(candidates[0]) if candidates else None
+
+
+def pgbench_script(sql: str, tokens: Sequence[str], stamp: str) -> str:
+    """A pgbench script running ``sql`` (the library's increment) once per transaction
+    with literal parameters, on a token drawn at random from ``tokens`` (a tree of
+    ``\\if`` on the drawn index: log2(len) comparisons, done by pgbench itself)."""
+    parts = sql.split("%s")
+    if len(parts) != 4 or "%%" in sql:
+        raise CheckFailed(f"unexpected increment statement: {sql}")
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    def statement(token: str) -> str:
+        params = (quoted(stamp), quoted(token), quoted(stamp))
+        text = parts[0] + "".join(p + rest for p, rest in zip(params, parts[1:], strict=True))
+        return text + ";"
+
+    def branch(low: int, high: int) -> list[str]:
+        if high - low == 1:
+            return [statement(tokens[low])]
+        middle = (low + high) // 2
+        head = [f"\\if :i < {middle}", *branch(low, middle), "\\else"]
+        return [*head, *branch(middle, high), "\\endif"]
+
+    return "\n".join([f"\\set i random(0, {len(tokens) - 1})", *branch(0, len(tokens))]) + "\n"
+
+
+def pgbench_window(
+    pgbench: str, url: str, options: str, script: Path, seconds: int, done: list[int]
+) -> float:
+    """One pgbench run of ``script`` at 32 clients for ``seconds``: its tps (without
+    connection time); appends the transactions it processed to ``done``."""
+    command = [
+        pgbench,
+        "-n",
+        "-M",
+        "simple",
+        "-c",
+        str(COALESCE_THREADS),
+        "-j",
+        str(min(COALESCE_THREADS, os.cpu_count() or 1)),
+        "-T",
+        str(seconds),
+        "-f",
+        str(script),
+        url,
+    ]
+    env = {**os.environ, "PGOPTIONS": options}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    out = result.stdout + result.stderr
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    processed = re.search(r"actually processed: (\d+)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if result.returncode or tps is None or processed is None:
+        raise CheckFailed(f"pgbench failed ({result.returncode}): {out.strip()[-2000:]}")
+    check("pgbench: failed transactions", int(failed.group(1)) if failed else 0, 0)
+    done.append(int(processed.group(1)))
+    return float(tps.group(1))
+
+
+def rate_windows(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """The rate each variant returns, per interleaved window (one warm-up round; the
+    order rotates from round to round)."""
+    names = list(variants)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for number in range(-1, rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            rate = variants[name]()
+            if number >= 0:
+                rates[name].append(rate)
+    return rates
+
+
+def p50_windows(
+    variants: dict[str, Callable[[], object]], calls: int, rounds: int
+) -> dict[str, list[float]]:
+    """The median latency (us) of ``calls`` calls of each variant, per interleaved window."""
+    names = list(variants)
+    p50s: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    for number in range(-1, rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, latencies = variants[name], []
+            for _ in range(calls):
+                start = clock()
+                fn()
+                latencies.append(clock() - start)
+            if number >= 0:
+                p50s[name].append(statistics.median(latencies) * 1e6)
+    return p50s
+
+
+def postgres_coalescing_rows(
+    db: DB, url: str, options: str, tokens: Sequence[str], sizes: Sizes
+) -> list[Row]:
+    """Increments at 32 threads through a DB with ``coalesce_increments`` against one
+    without (both configured as ``db`` but with a pool of 32), on distinct tokens per
+    thread and on one shared token; pgbench running the library's UPDATE at 32 clients,
+    in the same rounds as the distinct-token windows; the p50 latency at 1 thread. The
+    request counts must then add up exactly to every acknowledged increment."""
+    count = COALESCE_THREADS
+    calls = max(sizes.thread_calls // 2, 1)
+    started = time.perf_counter()
+    chosen = list(tokens[: min(PGBENCH_TOKENS, len(tokens))])
+    shared = chosen[0]
+    settings = attrs.evolve(db.config, max_open_conns=count, max_idle_conns=count)
+    coalesced = new_from_full_config(attrs.evolve(settings, coalesce_increments=True))
+    plain = new_from_full_config(settings)
+    scratch = tempfile.TemporaryDirectory(prefix="llm-proxy-db-pgbench-")
+    folder = scratch.name
+    rows: list[Row] = []
+    pgbench_done: list[int] = []
+    acknowledged = 0
+    try:
+        before = sum(plain.get_token_by_id(t).request_count for t in chosen)
+        counted = coalesced.increment_token_usage(shared)
+        check("coalesced increment", values(plain.get_token_by_id(shared)), values(counted))
+        acknowledged += 1
+
+        def window(target: DB, same: bool) -> Callable[[], float]:
+            each = max(calls // 3, 1) if same else calls  # one token: the plain DB is slow
+
+            def worker(index: int) -> Callable[[], object]:
+                token = shared if same else chosen[index]
+                return lambda: target.increment_token_usage(token)
+
+            def run() -> float:
+                nonlocal acknowledged
+                rate = threaded(count, each, worker)
+                acknowledged += count * each
+                return rate
+
+            return run
+
+        distinct: dict[str, Callable[[], float]] = {
+            "coalesced": window(coalesced, False),
+            "plain": window(plain, False),
+        }
+        pgbench = find_pgbench()
+        if pgbench is None:
+            note = "pgbench not found: row skipped"
+        else:
+            note = ""
+            script = Path(folder) / "increment.sql"
+            from llm_proxy_db_postgres._dialect import POSTGRES
+
+            stamp = encode_naive_utc(datetime.now(UTC)).isoformat(sep=" ")
+            sql = Statements(POSTGRES).increment_usage
+            script.write_text(pgbench_script(sql, chosen, stamp))
+            seconds = math.ceil(sizes.process_seconds / 2)
+            distinct["pgbench"] = lambda: pgbench_window(
+                pgbench, url, options, script, seconds, pgbench_done
+            )
+        rates = rate_windows(distinct, sizes.thread_rounds)
+        label = f"increment x {count} threads, coalesced"
+        rows.append(
+            ratio_row(
+                label,
+                rates,
+                "coalesced",
+                "plain",
+                1.5,
+                higher_is_better=True,
+                unit="ops/s",
+                note="a token per thread",
+            )
+        )
+        if pgbench is None:
+            rows.append(skipped_row(f"pgbench UPDATE x {count} clients", note))
+        else:
+            rows.append(
+                ratio_row(
+                    f"pgbench UPDATE x {count} clients",
+                    rates,
+                    "coalesced",
+                    "pgbench",
+                    0.95,
+                    higher_is_better=True,
+                    unit="ops/s",
+                    note=f"-M simple, random of {len(chosen)} tokens, -T {seconds}",
+                )
+            )
+        one = rate_windows(
+            {"coalesced": window(coalesced, True), "plain": window(plain, True)},
+            sizes.thread_rounds,
+        )
+        rows.append(
+            ratio_row(
+                label,
+                one,
+                "coalesced",
+                "plain",
+                1.5,
+                higher_is_better=True,
+                unit="ops/s",
+                note="one shared token",
+            )
+        )
+        latency_token = chosen[1 % len(chosen)]
+        p50s = p50_windows(
+            {
+                "coalesced": lambda: coalesced.increment_token_usage(latency_token),
+                "plain": lambda: plain.increment_token_usage(latency_token),
+            },
+            sizes.block,
+            sizes.rounds,
+        )
+        acknowledged += 2 * sizes.block * (sizes.rounds + 1)
+        rows.append(
+            ratio_row("increment p50 x 1 thread, coalesced", p50s, "coalesced", "plain", 1.15)
+        )
+        after = sum(plain.get_token_by_id(t).request_count for t in chosen)
+        check("coalescing: counted increments", after - before, acknowledged + sum(pgbench_done))
+        print(f"postgres  coalescing rows: {time.perf_counter() - started:.1f} s")
+    finally:
+        coalesced.close()
+        plain.close()
+        scratch.cleanup()
     return rows
 
 

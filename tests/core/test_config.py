@@ -305,6 +305,7 @@ def test_coalesce_increments_is_accepted_without_effect_elsewhere(
 ) -> None:
     from llm_proxy_db import Project, Token, new_from_full_config
 
+    pytest.importorskip(f"llm_proxy_db_{driver}")  # the memory env installs memory only
     config = FullConfig(driver=driver, path=str(tmp_path / "c.db"), coalesce_increments=True)
     with new_from_full_config(config) as db:
         project = db.create_project(Project(name="p", openai_api_key="sk-coalesce"))

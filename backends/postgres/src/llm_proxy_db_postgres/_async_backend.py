@@ -29,6 +29,7 @@ from ._backend import (
     _ADOPT,
     _CHECKOUT_TIMEOUT,
     _STATEMENTS,
+    COALESCING_LEADERS,
     Failures,
     _conninfo,
     _transaction_aborted,
@@ -105,7 +106,12 @@ class AsyncPostgresBackend(AsyncSqlBackend):
             translate=self._translate,
             transaction_aborted=_transaction_aborted,
         )
-        super().__init__(executor, _STATEMENTS)
+        super().__init__(
+            executor,
+            _STATEMENTS,
+            coalesce_increments=config.coalesce_increments,
+            leaders=COALESCING_LEADERS,
+        )
 
     async def open(self) -> None:
         """Probe the server (an unreachable one or a refused login fails at once, with the
@@ -131,6 +137,7 @@ class AsyncPostgresBackend(AsyncSqlBackend):
         if self._closed:
             return
         self._closed = True
+        await self.drain()  # coalesced increments in flight end first
         if self._check is not None:
             await asyncio.wait([self._check], timeout=self._connect_timeout)
             self._check.cancel()

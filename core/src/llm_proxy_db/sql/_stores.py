@@ -14,7 +14,7 @@ from typing import Any
 
 from .._delegation import AsyncForwardedStores, ForwardedStores, forwarding
 from .._protocols import Stores
-from ._coalesce import CoalescedIncrements
+from ._coalesce import AsyncCoalescedIncrements, CoalescedIncrements
 from ._execute import AsyncDbApiExecutor, AsyncExecutor, DbApiExecutor, Executor
 from ._logic import StoreLogic
 from ._operation import Flow, Step, Steps
@@ -124,10 +124,29 @@ class AsyncSqlBackend(AsyncSqlStores):
     """The awaiting twin of :class:`SqlBackend`: an ``AsyncBackend`` but for ``close()``,
     over an :class:`AsyncDbApiExecutor`."""
 
-    def __init__(self, executor: AsyncDbApiExecutor[Any], statements: Statements) -> None:
+    def __init__(
+        self,
+        executor: AsyncDbApiExecutor[Any],
+        statements: Statements,
+        *,
+        coalesce_increments: bool = False,
+        leaders: int = 1,
+    ) -> None:
         super().__init__(executor, StoreLogic(statements))
         self.executor = executor
         """The executor: :meth:`AsyncDbApiExecutor.connection` lends a connection."""
+        self._coalesced: AsyncCoalescedIncrements | None = None
+        if coalesce_increments and statements.dialect.coalesced_increments:
+            # As in SqlBackend: the two counting calls of concurrent tasks are combined.
+            coalesced = AsyncCoalescedIncrements(executor, self._logic, leaders=leaders)
+            self._coalesced = coalesced
+            self.increment_token_usage = coalesced.increment_token_usage  # type: ignore[method-assign]
+            self.authorize = coalesced.authorize  # type: ignore[method-assign]
+
+    async def drain(self) -> None:
+        """As :meth:`SqlBackend.drain`, awaited."""
+        if self._coalesced is not None:
+            await self._coalesced.close()
 
     async def health_check(self, *, tables: bool = True) -> None:
         """As :meth:`SqlBackend.health_check`, awaited."""
