@@ -3,35 +3,35 @@
     python benchmarks/run.py [--quick] [--postgres URL | --no-postgres]
         [--mysql URL | --no-mysql] [--json PATH]
 
-It builds the data (10,000 tokens in 100 projects; 100k, then 1M audit events, mostly in
-one project), then times each operation through the ``DB`` facade, through the raw driver
-doing exactly the library's work (its SQL text, pragmas or session options, timestamp
-encoding, rows decoded to the same Python values) and, when installed, through SQLAlchemy
-Core. Variants run in interleaved rounds (the order rotates each round) in one process, so
-a noisy machine slows all of them alike; each round gives a ratio ours / other, and the
-table shows the median and the min-max of those ratios. Then thread scaling (1, 4, 8, 16
-threads), and on PostgreSQL 4 processes x 8 threads on one database whose request counts
-must add up exactly to the acknowledged increments; and ``coalesce_increments`` at 32
-threads (a token per thread, one shared token) against the same settings without, and
-against pgbench running the library's UPDATE at 32 clients (skipped when pgbench is not
-installed), then its p50 latency at 1 thread. Then the asyncio API, on one event loop
-per backend and the same database: ``AsyncDB`` token calls against a raw psycopg
+It builds the data (10,000 tokens in 100 projects; 100k, then 1M audit events, mostly in one
+project), then times each operation through the ``DB`` facade, through the raw driver doing
+exactly the library's work (its SQL text, pragmas or session options, timestamp encoding,
+rows decoded to the same Python values) and, when installed, through SQLAlchemy Core.
+Variants run in interleaved rounds (the order rotates each round) in one process, so a noisy
+machine slows all of them alike; each round gives a ratio ours / other, and the table shows
+the median and the min-max of those ratios. Then thread scaling (1, 4, 8, 16 threads), and
+on PostgreSQL 4 processes x 8 threads on one database whose request counts must add up
+exactly to the acknowledged increments; and ``coalesce_increments`` at 32 threads (a token
+per thread, one shared token) against the same settings without, and against pgbench running
+the library's UPDATE at 32 clients, in its simple and its prepared query mode (skipped when
+pgbench is not installed), then its p50 latency at 1 thread. Then the asyncio API, on one
+event loop per backend and the same database: ``AsyncDB`` token calls against a raw psycopg
 ``AsyncConnectionPool`` of the same size (1 task, 64 tasks) and against raw aiosqlite, when
 installed (1 task), and increments at 8 tasks against the ``DB`` at 8 threads. On MySQL
 (MariaDB), when the ``mysql`` backend is installed: the token calls against raw PyMySQL
-running the same statements on a held connection, at 1 thread and at 8 (one connection
-per thread).
+running the same statements on a held connection, at 1 thread and at 8 (one connection per
+thread).
 
-The run starts by checking that every variant returns equal values, and exits 1 when a
-check fails; missed targets only print (CI runs ``--quick`` to keep this working and
-asserts no timing). ``--quick`` (1,000 tokens, 10k/100k events, few rounds) takes well
-under a minute. Figures go to stdout and, every one of them, to a JSON file.
-"""
+The run starts by checking that every variant returns equal values, and exits 1 when a check
+fails; missed targets only print (CI runs ``--quick`` to keep this working and asserts no
+timing). ``--quick`` (1,000 tokens, 10k/100k events, few rounds) takes well under a minute.
+Figures go to stdout and, every one of them, to a JSON file."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import json
 import math
@@ -1529,11 +1529,13 @@ def postgres_body(
 
 
 def postgres_batch_inserts(conn: Any) -> dict[str, BatchInsert]:
-    """The raw driver's insert-or-skip of a batch, three ways: one multi-row INSERT ... ON
+    """The raw driver's insert-or-skip of a batch, five ways: one multi-row INSERT ... ON
     CONFLICT DO NOTHING (its text held per batch size; psycopg parses its placeholders on
     every call, the text being too long for its cache), executemany of the one-row form
-    (psycopg pipelines it) in one transaction, and one INSERT ... SELECT FROM unnest() of
-    one array per column (a short statement: one round trip, 15 parameters)."""
+    (psycopg pipelines it) in one transaction, one INSERT ... SELECT FROM unnest() of one
+    array per column (a short statement: one round trip, 15 parameters), the same from
+    jsonb_array_elements() of one JSON parameter, and COPY into a temporary table then
+    INSERT ... SELECT ... ON CONFLICT DO NOTHING in one transaction."""
     from llm_proxy_db_postgres._dialect import POSTGRES
 
     columns = audit_columns()
@@ -1574,7 +1576,41 @@ def postgres_batch_inserts(conn: Any) -> dict[str, BatchInsert]:
         ).rowcount
         return count
 
-    return {"raw multi-row": multi_row, "raw executemany": executemany, "raw unnest": unnest}
+    fields = ", ".join(
+        f"(r ->> {i})::timestamp" if name == "timestamp" else f"r ->> {i}"
+        for i, name in enumerate(names)
+    )
+    from_json = (
+        f"INSERT INTO audit_events ({columns}) SELECT {fields} "
+        "FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT DO NOTHING"
+    )
+
+    def as_json(events: list[AuditEvent]) -> int:
+        rows = [encoded_event(POSTGRES, values(e)) for e in events]
+        payload = json.dumps(rows, default=datetime.isoformat)
+        count: int = conn.execute(from_json, (payload,)).rowcount
+        return count
+
+    conn.execute("CREATE TEMP TABLE bench_stage (LIKE audit_events) ON COMMIT DELETE ROWS")
+    staged = f"INSERT INTO audit_events ({columns}) SELECT {columns} FROM bench_stage "
+    staged += "ON CONFLICT DO NOTHING"
+
+    def copy(events: list[AuditEvent]) -> int:
+        rows = [encoded_event(POSTGRES, values(e)) for e in events]
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(f"COPY bench_stage ({columns}) FROM STDIN") as stream:
+                for row in rows:
+                    stream.write_row(row)
+            count: int = cur.execute(staged).rowcount
+        return count
+
+    return {
+        "raw multi-row": multi_row,
+        "raw executemany": executemany,
+        "raw unnest": unnest,
+        "raw json": as_json,
+        "raw COPY + insert": copy,
+    }
 
 
 def postgres_thread_rows(
@@ -1635,8 +1671,11 @@ def postgres_thread_rows(
 COALESCE_THREADS = 32
 """Client threads (and pgbench clients) of the coalescing rows (issue 14's bar)."""
 
-PGBENCH_TOKENS = 1024
-"""How many seeded tokens pgbench's script picks from at random."""
+
+
+PGBENCH_MODES = ("simple", "prepared")
+"""pgbench's query modes of the coalescing comparison: each statement planned every time,
+and prepared once per client (its plan reused: the fastest form pgbench has)."""
 
 
 def find_pgbench() -> str | None:
@@ -1650,8 +1689,9 @@ def find_pgbench() -> str | None:
 
 def pgbench_script(sql: str, tokens: Sequence[str], stamp: str) -> str:
     """A pgbench script running ``sql`` (the library's increment) once per transaction
-    with literal parameters, on a token drawn at random from ``tokens`` (a tree of
-    ``\\if`` on the drawn index: log2(len) comparisons, done by pgbench itself)."""
+    with literal parameters, each client on its own token, ``tokens[client_id]``, as each
+    of our threads is (a tree of ``\\if`` on ``:client_id``: log2(len) comparisons, done
+    by pgbench itself; in prepared mode a client prepares its one statement once)."""
     parts = sql.split("%s")
     if len(parts) != 4 or "%%" in sql:
         raise CheckFailed(f"unexpected increment statement: {sql}")
@@ -1668,22 +1708,24 @@ def pgbench_script(sql: str, tokens: Sequence[str], stamp: str) -> str:
         if high - low == 1:
             return [statement(tokens[low])]
         middle = (low + high) // 2
-        head = [f"\\if :i < {middle}", *branch(low, middle), "\\else"]
+        head = [f"\\if :client_id < {middle}", *branch(low, middle), "\\else"]
         return [*head, *branch(middle, high), "\\endif"]
 
-    return "\n".join([f"\\set i random(0, {len(tokens) - 1})", *branch(0, len(tokens))]) + "\n"
+    return "\n".join(branch(0, len(tokens))) + "\n"
 
 
 def pgbench_window(
-    pgbench: str, url: str, options: str, script: Path, seconds: int, done: list[int]
+    pgbench: str, url: str, options: str, script: Path, seconds: int, done: list[int], mode: str
 ) -> float:
-    """One pgbench run of ``script`` at 32 clients for ``seconds``: its tps (without
-    connection time); appends the transactions it processed to ``done``."""
+    """One pgbench run of ``script`` at 32 clients for ``seconds`` in query ``mode``
+    (``simple``: each statement parsed and planned; ``prepared``: each prepared once per
+    client, then executed by name): its tps (without connection time); appends the
+    transactions it processed to ``done``."""
     command = [
         pgbench,
         "-n",
         "-M",
-        "simple",
+        mode,
         "-c",
         str(COALESCE_THREADS),
         "-j",
@@ -1752,7 +1794,7 @@ def postgres_coalescing_rows(
     count = COALESCE_THREADS
     calls = max(sizes.thread_calls // 2, 1)
     started = time.perf_counter()
-    chosen = list(tokens[: min(PGBENCH_TOKENS, len(tokens))])
+    chosen = list(tokens[:count])  # a token per thread, and per pgbench client
     shared = chosen[0]
     settings = attrs.evolve(db.config, max_open_conns=count, max_idle_conns=count)
     coalesced = new_from_full_config(attrs.evolve(settings, coalesce_increments=True))
@@ -1799,9 +1841,10 @@ def postgres_coalescing_rows(
             sql = Statements(POSTGRES).increment_usage
             script.write_text(pgbench_script(sql, chosen, stamp))
             seconds = math.ceil(sizes.process_seconds / 2)
-            distinct["pgbench"] = lambda: pgbench_window(
-                pgbench, url, options, script, seconds, pgbench_done
-            )
+            for mode in PGBENCH_MODES:
+                distinct[f"pgbench {mode}"] = functools.partial(
+                    pgbench_window, pgbench, url, options, script, seconds, pgbench_done, mode
+                )
         rates = rate_windows(distinct, sizes.thread_rounds)
         label = f"increment x {count} threads, coalesced"
         rows.append(
@@ -1816,19 +1859,20 @@ def postgres_coalescing_rows(
                 note="a token per thread",
             )
         )
-        if pgbench is None:
-            rows.append(skipped_row(f"pgbench UPDATE x {count} clients", note))
-        else:
+        for mode in PGBENCH_MODES:
+            if pgbench is None:
+                rows.append(skipped_row(f"pgbench UPDATE x {count} clients", note))
+                break
             rows.append(
                 ratio_row(
                     f"pgbench UPDATE x {count} clients",
                     rates,
                     "coalesced",
-                    "pgbench",
+                    f"pgbench {mode}",
                     0.95,
                     higher_is_better=True,
                     unit="ops/s",
-                    note=f"-M simple, random of {len(chosen)} tokens, -T {seconds}",
+                    note=f"-M {mode}, a token per client, -T {seconds}",
                 )
             )
         one = rate_windows(

@@ -10,6 +10,8 @@ without editing this file.
 from __future__ import annotations
 
 import inspect
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
@@ -226,6 +228,23 @@ _INVALID_MODELS: dict[str, Callable[[], object]] = {
 def test_models_reject_invalid_values(case: str) -> None:
     with pytest.raises(ValueError):
         _INVALID_MODELS[case]()
+
+
+def test_new_audit_event_ids_are_time_ordered_uuid7() -> None:
+    # Appending to the log must land at the end of the id index (UUIDv7, RFC 9562).
+    def event() -> AuditEvent:
+        return AuditEvent(action="a", actor="b", outcome="success")
+
+    before_ms = time.time_ns() // 1_000_000
+    first = event()
+    parsed = uuid.UUID(first.id)
+    assert str(parsed) == first.id  # canonical lowercase form
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert before_ms <= parsed.int >> 80 <= time.time_ns() // 1_000_000
+    time.sleep(0.002)
+    later = [event().id for _ in range(1000)]
+    assert all(first.id < other for other in later)  # a later millisecond sorts after
+    assert len(set(later)) == 1000  # 74 random bits within one millisecond
 
 
 def test_models_normalise_datetimes_to_utc() -> None:

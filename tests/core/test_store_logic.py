@@ -7,6 +7,7 @@ dialect variant runs; the conformance suite checks the behaviour on real databas
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -234,3 +235,29 @@ def test_a_flow_runs_again_from_the_start() -> None:
         log: list[str] = []
         assert drive(operation, iter([1, [token_row()]]), log).token == TOKEN
         assert log == ["UPDATE", "SELECT"]
+
+
+def test_insert_or_ignore_templates_take_a_source_and_the_older_form_still_works() -> None:
+    older = attrs.evolve(
+        DIALECT, insert_or_ignore="INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})"
+    )
+    for dialect in (DIALECT, older):
+        assert dialect.insert_rows_ignoring_duplicates("t", "a, b", 2).endswith(
+            "INTO t (a, b) VALUES (?, ?), (?, ?)"
+            + ("" if dialect is older else " ON CONFLICT DO NOTHING")
+        )
+    select = older.insert_select_ignoring_duplicates("t", "a, b", "SELECT x, y FROM s")
+    assert select == "INSERT OR IGNORE INTO t (a, b) SELECT x, y FROM s"
+
+
+def test_a_json_batch_is_one_statement_with_the_events_as_one_parameter() -> None:
+    dialect = attrs.evolve(DIALECT, json_rows="json_each(?) AS r")
+    events = [
+        AuditEvent(action="a", actor="b", outcome="success", metadata={"n": i}) for i in range(3)
+    ]
+    step = StoreLogic(Statements(dialect)).create_audit_events(events)
+    assert isinstance(step, Step) and not step.rows
+    assert step.sql.count("?") == 1 and "FROM json_each(?) AS r" in step.sql
+    (payload,) = step.params
+    codec = Statements(dialect).codec
+    assert json.loads(payload) == [list(codec.audit_params(e)) for e in events]

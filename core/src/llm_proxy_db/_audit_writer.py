@@ -267,6 +267,11 @@ class AuditWriter(WriterCounts):
         appended there. With the backlog at ``max_pending``, wait up to ``timeout``
         seconds (None: as long as it takes) for room, then raise ``TransientError``."""
         check_event(event)
+        if self._spool is None:  # the common case: room checked and event queued at once
+            with self._cond:
+                if not self._closing and self._backlog() < self._max_pending:
+                    self._enqueue(event, None)
+                    return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -291,14 +296,20 @@ class AuditWriter(WriterCounts):
             with self._cond:
                 self._reserved -= 1
                 if seq is not None or self._spool is None:
-                    self._submitted += 1
-                    self._queue.append(Queued(event, self._submitted, seq, time.monotonic()))
-                queued = len(self._queue)
-                if (
-                    queued in (1, self._max_batch)  # the thread may wait for either
-                    or (not self._reserved and (self._urgent or self._closing))
-                ):
-                    self._cond.notify_all()
+                    self._enqueue(event, seq)
+                elif not self._reserved and (self._urgent or self._closing):
+                    self._cond.notify_all()  # a flush may wait for this reservation
+
+    def _enqueue(self, event: AuditEvent, seq: int | None) -> None:
+        """Queue ``event`` (the condition held) and wake the thread if it may wait for it."""
+        self._submitted += 1
+        queue = self._queue
+        queue.append(Queued(event, self._submitted, seq, time.monotonic()))
+        if (
+            len(queue) in (1, self._max_batch)  # the thread may wait for either
+            or (not self._reserved and (self._urgent or self._closing))
+        ):
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every event submitted so far is stored (or rejected); after

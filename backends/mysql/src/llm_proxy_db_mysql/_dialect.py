@@ -31,7 +31,7 @@ MYSQL = Dialect(
     rowcount="matched",  # every connection sets CLIENT.FOUND_ROWS
     like_escape="!",  # a backslash is a syntax error under MySQL's default sql_mode
     transactional_ddl=False,  # DDL commits implicitly
-    insert_or_ignore="INSERT IGNORE INTO {table} ({columns}) VALUES ({values})",
+    insert_or_ignore="INSERT IGNORE INTO {table} ({columns}) {source}",
     # The migrations after 100 give the ordered text columns (project names, token values,
     # ids) the binary no-pad collation: ORDER BY reads them by code point from their
     # indexes as they are. A COLLATE here would differ from the column's and make MySQL

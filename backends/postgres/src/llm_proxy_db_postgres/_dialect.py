@@ -29,12 +29,12 @@ POSTGRES = Dialect(
     update_returning=True,
     coalesced_increments=True,  # Statements.increment_batch: unnest(text[], int[])
     update_from_returns_joined=True,  # authorize: one UPDATE ... FROM projects ... RETURNING
-    array_parameters=True,
+    json_rows="jsonb_array_elements(?::jsonb) AS r",  # a batch insert: one JSON parameter
     max_parameters=65535,  # the protocol's bound: a batch insert is chunked below it
     rowcount="matched",
     like_escape="!",
     transactional_ddl=True,
-    insert_or_ignore="INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING",
+    insert_or_ignore="INSERT INTO {table} ({columns}) {source} ON CONFLICT DO NOTHING",
     # The hot-path indexes (migration 00100) declare the same collation on these columns,
     # so ORDER BY ... COLLATE "C" is still read from them.
     binary_collation=' COLLATE "C"',

@@ -28,7 +28,7 @@ SQLITE = Dialect(
     rowcount="matched",
     like_escape="!",
     transactional_ddl=True,
-    insert_or_ignore="INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})",
+    insert_or_ignore="INSERT OR IGNORE INTO {table} ({columns}) {source}",
     binary_collation="",  # BINARY is the default collation
     # Our own values (UTC text, space separator) compare as text. A value another writer
     # left in another form (the Go driver's local offsets, a 'T', no offset) is rewritten

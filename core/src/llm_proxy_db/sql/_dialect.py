@@ -22,6 +22,11 @@ __all__ = ["Dialect"]
 _QMARK = re.compile(r"\?")
 
 
+def _with_source(template: str) -> str:
+    # The older template form: "... VALUES ({values}) ..." (one row's placeholders).
+    return template.replace("VALUES ({values})", "{source}")
+
+
 def _one_character(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or len(value) != 1 or value in "\\'%_":
         raise ValueError(
@@ -63,11 +68,14 @@ class Dialect:
     MySQL's default ``sql_mode``)."""
     transactional_ddl: bool = True
     """A failed migration file's DDL rolls back with its transaction (not so on MySQL)."""
-    insert_or_ignore: str = (
-        "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
+    insert_or_ignore: str = attrs.field(
+        default="INSERT INTO {table} ({columns}) {source} ON CONFLICT DO NOTHING",
+        converter=_with_source,
     )
-    """An INSERT that skips a row whose key exists: ``{table}``, ``{columns}``, ``{values}``
-    are filled in (MySQL: ``INSERT IGNORE INTO ...``)."""
+    """An INSERT that skips a row whose key exists: ``{table}``, ``{columns}`` and
+    ``{source}`` (``VALUES (...)`` or a ``SELECT``) are filled in (MySQL: ``INSERT IGNORE
+    INTO {table} ({columns}) {source}``). The older form with ``VALUES ({values})`` in
+    place of ``{source}`` is accepted."""
     binary_collation: str = ""
     """Appended to a text column in ORDER BY so it sorts by code point (byte order of the
     UTF-8 text), as the memory backend's Python ``str`` comparison does: ``''`` where that
@@ -102,10 +110,18 @@ class Dialect:
     """A batch of rows is one ``executemany`` of the one-row insert, whose rowcount sums
     the rows inserted (sqlite3). Otherwise it is one multi-row ``INSERT ... VALUES (...),
     (...)`` (PostgreSQL, MySQL), in chunks of at most :attr:`max_parameters` parameters."""
-    array_parameters: bool = False
-    """The driver passes a list as an array and ``unnest`` exists (PostgreSQL): a batch
-    insert is then one statement with one array per column, whatever the batch size (one
-    prepared plan; no statement of thousands of placeholders to parse)."""
+    json_rows: str = ""
+    """A FROM item that turns one JSON text parameter, an array of row arrays, into one
+    row ``r`` per element (PostgreSQL: ``jsonb_array_elements(?::jsonb) AS r``, parsed
+    once). A batch insert is then one short statement with one parameter whatever the
+    batch size: one prepared plan, no statement of thousands of placeholders to parse,
+    and the rows encoded by :mod:`json` in C rather than value by value. Empty: no such
+    form."""
+    json_field: str = "r ->> {index}"
+    """Element ``{index}`` (from 0) of the row ``r`` of :attr:`json_rows`, as text."""
+    json_time_field: str = "(r ->> {index})::timestamp"
+    """:attr:`json_field` for a time column: the ISO 8601 text of ``encode_time``'s value
+    (or that value itself when it is text) made comparable with the stored column."""
     max_parameters: int = 65535
     """The most parameters one statement may carry (PostgreSQL's protocol: 65535)."""
     project_key_column: str = "openai_api_key"
@@ -123,15 +139,19 @@ class Dialect:
     def insert_ignoring_duplicates(self, table: str, columns: str) -> str:
         """An INSERT of one row into ``table`` that does nothing if its key exists, with a
         ``?`` placeholder per column (in this dialect's style)."""
-        values = ", ".join("?" for _ in columns.split(","))
-        return self.sql(self.insert_or_ignore.format(table=table, columns=columns, values=values))
+        return self.insert_rows_ignoring_duplicates(table, columns, 1)
 
     def insert_rows_ignoring_duplicates(self, table: str, columns: str, rows: int) -> str:
         """:meth:`insert_ignoring_duplicates` for ``rows`` rows in one statement (a
         multi-row ``VALUES`` list)."""
-        one = ", ".join("?" for _ in columns.split(","))
-        values = "), (".join(one for _ in range(rows))
-        return self.sql(self.insert_or_ignore.format(table=table, columns=columns, values=values))
+        one = "(" + ", ".join("?" for _ in columns.split(",")) + ")"
+        source = "VALUES " + ", ".join(one for _ in range(rows))
+        return self.insert_select_ignoring_duplicates(table, columns, source)
+
+    def insert_select_ignoring_duplicates(self, table: str, columns: str, select: str) -> str:
+        """An ``INSERT INTO table (columns) <select>`` that skips the rows whose key exists
+        (``select`` with ``?`` placeholders, rewritten to this dialect's style)."""
+        return self.sql(self.insert_or_ignore.format(table=table, columns=columns, source=select))
 
     def like_pattern(self, text: str) -> str:
         """A ``LIKE`` pattern matching ``text`` (lower-cased) literally anywhere, escaped

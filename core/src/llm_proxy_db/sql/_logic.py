@@ -269,10 +269,8 @@ class StoreLogic:
             # instead (all or nothing, and one commit for the batch).
             insert: Step[int] = Step(self._insert_audit_ignoring, rows, rows=False, many=True)
             return Flow(_summed, [insert], atomic=True)
-        if self._s.insert_audit_arrays:  # one statement, one array per column
-            params = self._codec.audit_params
-            columns = [list(column) for column in zip(*(params(e) for e in events), strict=True)]
-            return Step(self._s.insert_audit_arrays, columns, rows=False)
+        if self._s.insert_audit_json:  # one statement, the batch as one JSON parameter
+            return Step(self._s.insert_audit_json, (self._codec.audit_json(events),), rows=False)
         size = self._batch_rows
         if len(events) <= size:
             return self._insert_audit_rows(events)

@@ -6,8 +6,10 @@ built. Columns are selected in the models' field order so rows feed the trusted 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from .._limits import MAX_COUNT
@@ -24,6 +26,16 @@ from ._dialect import Dialect
 from ._rows import Kind, row_decoder
 
 __all__ = ["RowCodec", "Statements"]
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_json_rows = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_iso).encode
+"""Rows (sequences of parameters) as one compact JSON array; times as ISO 8601 text."""
 
 PROJECT_COLUMNS = "name, {project_key}, id, is_active, deactivated_at, created_at, updated_at"
 """``{project_key}`` is the dialect's ``project_key_column`` (filled in per dialect)."""
@@ -129,6 +141,11 @@ class RowCodec:
             metadata_text(e.metadata),
         )
 
+    def audit_json(self, events: Sequence[AuditEvent]) -> str:
+        """``events`` as one JSON array of :meth:`audit_params` arrays (times as ISO 8601
+        text), the parameter of ``Statements.insert_audit_json``."""
+        return _json_rows([self.audit_params(e) for e in events])
+
     def audit_where(self, flt: AuditEventFilter | None) -> tuple[str, list[Any]]:
         """The WHERE clause (or "") and its parameters for a filter."""
         if flt is None:
@@ -223,18 +240,15 @@ class Statements:
         for name, text in _STATEMENTS.items():
             setattr(self, name, dialect.sql(_fill(text + returning.get(name, ""), dialect)))
         self.audit_order = _fill(_AUDIT_ORDER, dialect)
-        self.insert_audit_arrays = (
-            dialect.sql(
-                dialect.insert_or_ignore.format(
-                    table="audit_events",
-                    columns=AUDIT_COLUMNS,
-                    values="?",  # replaced below: INSERT ... SELECT FROM unnest(...)
-                ).replace("VALUES (?)", f"SELECT * FROM unnest({_AUDIT_ARRAYS})")
+        self.insert_audit_json = (
+            dialect.insert_select_ignoring_duplicates(
+                "audit_events", AUDIT_COLUMNS, _json_select(dialect, _AUDIT_KINDS)
             )
-            if dialect.array_parameters
+            if dialect.json_rows
             else ""
         )
-        """``create_audit_events`` where ``array_parameters``: one array per column."""
+        """``create_audit_events`` where the dialect has ``json_rows``: one parameter, the
+        batch as JSON (:meth:`RowCodec.audit_json`)."""
         if dialect.returning_subqueries:  # authorize in one statement without UPDATE ... FROM
             self.authorize = dialect.sql(_fill(_AUTHORIZE_BY_SUBQUERIES, dialect))
         batch = _fill(_INCREMENT_BATCH, dialect) if dialect.coalesced_increments else ""
@@ -280,12 +294,18 @@ _AUTHORIZE = (
     "AND (tokens.max_requests IS NULL OR tokens.request_count < tokens.max_requests) "
     f"AND tokens.request_count < {MAX_COUNT} RETURNING {_TOKEN_AND_PROJECT}"
 )
-_AUDIT_ARRAYS = ", ".join(
-    "?::timestamp[]" if column == "timestamp" else "?::text[]"
-    for column in AUDIT_COLUMNS.split(", ")
-)
-"""One array parameter per audit column, typed as the schema's columns (all text but the
-timestamp)."""
+
+
+def _json_select(dialect: Dialect, kinds: tuple[Kind, ...]) -> str:
+    """``SELECT <each field of r> FROM <json_rows>``: the rows of a JSON batch parameter,
+    one field per column of ``kinds`` (times through ``json_time_field``)."""
+    fields = ", ".join(
+        (dialect.json_time_field if kind == "time" else dialect.json_field).format(index=index)
+        for index, kind in enumerate(kinds)
+    )
+    return f"SELECT {fields} FROM {dialect.json_rows}"
+
+
 _AUTHORIZE_BY_SUBQUERIES = (
     # increment_usage returning the project too, one scalar subquery per project column.
     f"UPDATE tokens SET {_COUNT_UP}, last_used_at = ? WHERE token = ? AND {_TOKEN_USABLE} "
