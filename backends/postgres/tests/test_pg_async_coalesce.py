@@ -1,12 +1,14 @@
 """Coalesced increments on the native asyncio PostgreSQL backend
-(``FullConfig(coalesce_increments=True)``): limits exact under concurrent tasks, each caller
-its own count, refusal or project, random cancellations never losing or double-counting
+(``FullConfig(coalesce_increments=True)``): limits exact under concurrent tasks and across
+processes, each caller its own count, refusal or project, a failed batch failing each of
+its callers, the wait bounded, random cancellations never losing or double-counting
 another caller's result, calls in a transaction left alone, ``close()`` draining."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -14,11 +16,28 @@ from typing import Any, TypeVar
 
 import attrs
 import pytest
+from _coalescing import (
+    ATTEMPTS,
+    BATCH,
+    LIMIT,
+    assert_exactly_the_limit,
+    assert_the_batch_failed_each_caller,
+    assert_wait_bounded,
+    combiner_of,
+    new_project,
+    open_async,
+    outcome_recorded,
+    race_in_processes,
+    race_tasks,
+    row_locked,
+    spy_batches,
+    tasks_racing,
+    wait_until,
+)
 
 from llm_proxy_db import (
     MAX_COUNT,
     DatabaseError,
-    FullConfig,
     Project,
     ProjectInactiveError,
     Token,
@@ -30,11 +49,7 @@ from llm_proxy_db import (
     generate_token,
     utcnow,
 )
-from llm_proxy_db.sql import StoreLogic
-from llm_proxy_db_postgres._async_backend import AsyncPostgresBackend
 
-ATTEMPTS = 5000
-LIMIT = 1000
 T = TypeVar("T")
 
 
@@ -42,37 +57,14 @@ def _run(test: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(test())  # type: ignore[arg-type]
 
 
-async def _open(url: str) -> aio.AsyncDB:
-    db = await aio.new_from_full_config(
-        FullConfig(
-            driver="postgres",
-            database_url=url,
-            coalesce_increments=True,
-            max_open_conns=4,
-            max_idle_conns=2,
-        )
-    )
-    assert isinstance(db._backend, AsyncPostgresBackend)
-    assert db._backend._coalesced is not None  # the combiner is wired
-    return db
-
-
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of requests of each batch statement sent."""
-    sizes: list[int] = []
-    original = StoreLogic.increment_batch
-
-    def spied(self: StoreLogic, wanted: dict[str, int]) -> Any:
-        sizes.append(sum(wanted.values()))
-        return original(self, wanted)
-
-    monkeypatch.setattr(StoreLogic, "increment_batch", spied)
-    return sizes
+    return spy_batches(monkeypatch)
 
 
 async def _project(db: aio.AsyncDB, name: str = "coalesce") -> Project:
-    return await db.create_project(Project(name=name, openai_api_key=f"sk-{name}-upstream"))
+    return await db.create_project(new_project(name))
 
 
 async def _token(db: aio.AsyncDB, **fields: Any) -> str:
@@ -85,25 +77,31 @@ def test_tasks_never_overrun_a_limit_and_each_gets_its_own_count(
     postgres_url: str, batches: list[int], tasks: int
 ) -> None:
     async def test() -> None:
-        db = await _open(postgres_url)
+        db = await open_async(postgres_url)
         try:
             token = await _token(db, max_requests=LIMIT)
-            counts: list[int] = []
-            refused = [0]
 
-            async def work(index: int) -> None:
-                for _ in range(ATTEMPTS // tasks + (index < ATTEMPTS % tasks)):
-                    try:
-                        counts.append((await db.increment_token_usage(token)).request_count)
-                    except TokenLimitReachedError:
-                        refused[0] += 1
+            race = await race_tasks(db, token, tasks, ATTEMPTS)
 
-            await asyncio.gather(*(work(i) for i in range(tasks)))
-
-            assert len(counts) == LIMIT and refused[0] == ATTEMPTS - LIMIT
-            assert sorted(counts) == list(range(1, LIMIT + 1))  # each count handed out once
-            assert (await db.get_token_by_id(token)).request_count == LIMIT
+            assert_exactly_the_limit(race, (await db.get_token_by_id(token)).request_count)
             assert batches and max(batches) > 1  # calls were combined
+        finally:
+            await db.close()
+
+    _run(test)
+
+
+def test_two_processes_of_tasks_never_overrun_a_limit(postgres_url: str) -> None:
+    async def test() -> None:
+        db = await open_async(postgres_url)
+        try:
+            token = await _token(db, max_requests=LIMIT)
+
+            race = await asyncio.to_thread(
+                race_in_processes, tasks_racing, postgres_url, token, callers=100
+            )
+
+            assert_exactly_the_limit(race, (await db.get_token_by_id(token)).request_count)
         finally:
             await db.close()
 
@@ -114,7 +112,7 @@ def test_mixed_tokens_in_one_batch_each_get_the_precise_refusal(
     postgres_url: str, batches: list[int]
 ) -> None:
     async def test() -> None:
-        db = await _open(postgres_url)
+        db = await open_async(postgres_url)
         try:
             project = await _project(db)
             closed = await _project(db, "closed")
@@ -177,7 +175,7 @@ def test_authorize_coalesced_hands_each_caller_its_own_project(
     postgres_url: str, batches: list[int]
 ) -> None:
     async def test() -> None:
-        db = await _open(postgres_url)
+        db = await open_async(postgres_url)
         try:
             projects = [await _project(db, f"tenant-{n}") for n in range(4)]
             tokens = [
@@ -214,13 +212,87 @@ def test_authorize_coalesced_hands_each_caller_its_own_project(
     _run(test)
 
 
+def test_a_failed_batch_fails_each_of_its_callers_and_counts_nothing(
+    postgres_url: str, batches: list[int]
+) -> None:
+    async def test() -> None:
+        db = await open_async(postgres_url, busy_timeout=timedelta(seconds=30))
+        try:
+            token = await _token(db)
+            outcomes: list[str] = []
+
+            async def call() -> None:
+                with outcome_recorded(outcomes):
+                    await db.increment_token_usage(token)
+
+            with row_locked(postgres_url, token) as row:
+                first = asyncio.ensure_future(call())  # the lone call: the plain statement
+                plain = await asyncio.to_thread(row.waiting, "UPDATE tokens")
+                waiting = [asyncio.ensure_future(call()) for _ in range(BATCH)]
+                combiner = combiner_of(db)
+                await asyncio.to_thread(
+                    wait_until, lambda: len(combiner._pending) == BATCH, f"{BATCH} waiting"
+                )
+                row.terminate(plain)
+                await asyncio.wait_for(first, timeout=20)
+                # Those that waited go as one batch, which waits for the lock: kill it too.
+                row.terminate(await asyncio.to_thread(row.waiting, "WITH wanted"))
+                await asyncio.wait_for(asyncio.gather(*waiting), timeout=20)
+
+            assert_the_batch_failed_each_caller(outcomes, batches)
+            assert (await db.get_token_by_id(token)).request_count == 0  # nothing counted
+            assert (await db.increment_token_usage(token)).request_count == 1  # it goes on
+        finally:
+            await db.close()
+
+    _run(test)
+
+
+def test_no_caller_waits_longer_than_one_round_trip_and_one_batch(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def test() -> None:
+        db = await open_async(postgres_url)
+        try:
+            token = await _token(db)
+            round_trips: list[float] = []
+            waits: list[float] = []
+            combiner = combiner_of(db)
+            for name in ("_run_one", "_run_batch"):
+                original = getattr(combiner, name)
+
+                async def timed(item: Any, original: Any = original) -> Any:
+                    started = time.perf_counter()
+                    try:
+                        return await original(item)
+                    finally:
+                        round_trips.append(time.perf_counter() - started)
+
+                monkeypatch.setattr(combiner, name, timed)
+
+            async def work() -> None:
+                for _ in range(40):
+                    started = time.perf_counter()
+                    await db.increment_token_usage(token)
+                    waits.append(time.perf_counter() - started)
+
+            await asyncio.gather(*(work() for _ in range(32)))
+
+            assert_wait_bounded(waits, round_trips)
+            assert (await db.get_token_by_id(token)).request_count == 32 * 40
+        finally:
+            await db.close()
+
+    _run(test)
+
+
 def test_random_cancellations_never_lose_or_double_count_the_others(
     postgres_url: str, batches: list[int]
 ) -> None:
     rng = random.Random(14)
 
     async def test() -> None:
-        db = await _open(postgres_url)
+        db = await open_async(postgres_url)
         try:
             token = await _token(db)
             acknowledged: list[int] = []
@@ -241,7 +313,7 @@ def test_random_cancellations_never_lose_or_double_count_the_others(
             assert max(acknowledged) <= counted
             assert len(acknowledged) <= counted <= len(acknowledged) + cancelled
             assert cancelled > 0 and max(batches) > 1
-            combiner = getattr(db._backend, "_coalesced")._combiner  # noqa: B009
+            combiner = combiner_of(db)
             assert combiner._pending == [] and combiner._calls == 0
             assert (await db.increment_token_usage(token)).request_count == counted + 1
         finally:
@@ -254,7 +326,7 @@ def test_a_lone_call_is_the_plain_one_and_transactions_are_not_coalesced(
     postgres_url: str, batches: list[int]
 ) -> None:
     async def test() -> None:
-        db = await _open(postgres_url)
+        db = await open_async(postgres_url)
         try:
             token = await _token(db)
             for expected in range(1, 6):  # one after another: never a batch
@@ -272,7 +344,7 @@ def test_a_lone_call_is_the_plain_one_and_transactions_are_not_coalesced(
 
 def test_close_drains_the_calls_in_flight(postgres_url: str, batches: list[int]) -> None:
     async def test() -> None:
-        db = await _open(postgres_url)
+        db = await open_async(postgres_url)
         token = await _token(db)
         done: list[int] = []
         refused: list[str] = []
@@ -292,7 +364,7 @@ def test_close_drains_the_calls_in_flight(postgres_url: str, batches: list[int])
         assert len(refused) == 32 and all("closed" in reason for reason in refused)
         assert max(batches) > 1
 
-        again = await _open(postgres_url)
+        again = await open_async(postgres_url)
         try:
             assert (await again.get_token_by_id(token)).request_count == len(done)
             assert sorted(done) == list(range(1, len(done) + 1))
