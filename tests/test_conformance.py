@@ -3,7 +3,9 @@
 ``DB_DRIVER`` defaults to ``memory``. To test another backend, add a config builder to
 ``CONFIG_BUILDERS``: it gets a fresh folder and the fixture request (for finalizers) and
 returns the ``FullConfig`` of a new, empty, isolated database; reopening a database opens
-the same config again.
+the same config again. A builder may name a variant rather than a driver
+(``postgres-coalesced``: PostgreSQL with ``coalesce_increments``); ``SERVER_FIXTURES``
+names the server fixture a builder needs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 
 from llm_proxy_db import DB, FullConfig, new_from_full_config
@@ -39,6 +42,11 @@ def _postgres_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConf
     return FullConfig(driver="postgres", database_url=server.new_schema_url(), max_idle_conns=1)
 
 
+def _postgres_coalesced_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConfig:
+    # As postgres, with concurrent increments and authorizations combined (sql/_coalesce.py).
+    return attrs.evolve(_postgres_config(tmp_path, request), coalesce_increments=True)
+
+
 def _mysql_config(tmp_path: Path, request: pytest.FixtureRequest) -> FullConfig:
     # A fresh database on the test server (tests/fixtures/mysql.py); every database of the
     # session is dropped at its end.
@@ -50,8 +58,16 @@ CONFIG_BUILDERS: dict[str, ConfigBuilder] = {
     "memory": _memory_config,
     "sqlite": _sqlite_config,
     "postgres": _postgres_config,
+    "postgres-coalesced": _postgres_coalesced_config,
     "mysql": _mysql_config,
 }
+
+SERVER_FIXTURES: dict[str, str] = {
+    "postgres": "postgres_server",
+    "postgres-coalesced": "postgres_server",
+    "mysql": "mysql_server",
+}
+"""The session fixture of the server a builder's databases live on, by builder name."""
 
 DRIVER = os.environ.get("DB_DRIVER", "").strip().lower() or "memory"
 

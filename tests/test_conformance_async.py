@@ -14,7 +14,7 @@ import pytest
 from llm_proxy_db import aio
 from llm_proxy_db.aio import AsyncDB
 from llm_proxy_db.testing import AsyncBackendFactory, AsyncStoreConformance
-from tests.test_conformance import CONFIG_BUILDERS, DRIVER
+from tests.test_conformance import CONFIG_BUILDERS, DRIVER, SERVER_FIXTURES
 
 
 class TestAsyncConformance(AsyncStoreConformance):
@@ -25,9 +25,9 @@ class TestAsyncConformance(AsyncStoreConformance):
         if DRIVER not in CONFIG_BUILDERS:
             pytest.fail(f"no config builder for DB_DRIVER={DRIVER!r} in tests/test_conformance.py")
         build = CONFIG_BUILDERS[DRIVER]
-        if DRIVER in ("postgres", "mysql"):
+        if DRIVER in SERVER_FIXTURES:
             # The server fixture is set up here, not on a portal's thread.
-            request.getfixturevalue(f"{DRIVER}_server")
+            request.getfixturevalue(SERVER_FIXTURES[DRIVER])
         made = 0
 
         async def factory(*, reopen: AsyncDB | None = None) -> AsyncDB:
