@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -24,6 +23,18 @@ from llm_proxy_db.sql._migrate import (
     Migrations,
     MigrationStatus,
 )
+from tests.fixtures.goose import (
+    GOOSE_ROWS_QUERY,
+    HOT_PATH_INDEXES,
+    ISSUE_3_INDEXES,
+    applied_rows,
+    as_goose_rows,
+    assert_each_version_applied_once,
+    schema_columns,
+    source_with,
+    up_at_barrier,
+)
+from tests.fixtures.processes import run_processes
 
 # The runner is tested with the real backends' dialects and files: the SQLite tests run
 # where llm-proxy-db-sqlite is installed, the PostgreSQL ones where llm-proxy-db-postgres is.
@@ -54,64 +65,7 @@ SQLITE_FILES = REPO / "backends/sqlite/src/llm_proxy_db_sqlite/migrations"
 POSTGRES_FILES = REPO / "backends/postgres/src/llm_proxy_db_postgres/migrations"
 ALL = [1, 2, 3, 100]  # 1-3 are the Go llm-proxy's; this package numbers from 100
 
-ISSUE_3_INDEXES = {
-    "idx_projects_name",
-    "idx_tokens_project_id",
-    "idx_tokens_expires_at",
-    "idx_tokens_is_active",
-    "idx_audit_timestamp",
-    "idx_audit_action",
-    "idx_audit_project_id",
-    "idx_audit_client_ip",
-    "idx_audit_request_id",
-    "idx_audit_outcome",
-    "idx_audit_ip_action",
-}
-HOT_PATH_INDEXES = {
-    "idx_audit_project_timestamp",
-    "idx_audit_timestamp_id",
-    "idx_tokens_project_created",
-}
-COLUMNS = {
-    "projects": [
-        "id",
-        "name",
-        "openai_api_key",
-        "is_active",
-        "created_at",
-        "updated_at",
-        "deactivated_at",
-    ],
-    "tokens": [
-        "token",
-        "project_id",
-        "expires_at",
-        "is_active",
-        "request_count",
-        "max_requests",
-        "created_at",
-        "last_used_at",
-        "deactivated_at",
-        "cache_hit_count",
-    ],
-    "audit_events": [
-        "id",
-        "timestamp",
-        "action",
-        "actor",
-        "project_id",
-        "request_id",
-        "correlation_id",
-        "client_ip",
-        "method",
-        "path",
-        "user_agent",
-        "outcome",
-        "reason",
-        "token_id",
-        "metadata",
-    ],
-}
+COLUMNS = schema_columns()
 TIME_COLUMNS = {
     "created_at",
     "updated_at",
@@ -187,10 +141,7 @@ def _rows(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, .
 
 
 def _goose_rows(path: Path) -> list[tuple[int, int]]:
-    return [
-        (row[0], row[1])
-        for row in _rows(path, "SELECT version_id, is_applied FROM goose_db_version ORDER BY id")
-    ]
+    return as_goose_rows(_rows(path, GOOSE_ROWS_QUERY))
 
 
 def _user_tables(path: Path) -> set[str]:
@@ -203,7 +154,7 @@ def test_up_applies_every_version_with_goose_rows(migrations: Migrations, db_pat
     assert migrations.latest == 100
     assert migrations.up() == ALL
     assert migrations.version() == 100
-    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
+    assert _goose_rows(db_path) == applied_rows(ALL)
     stamps = [row[0] for row in _rows(db_path, "SELECT tstamp FROM goose_db_version")]
     for stamp in stamps:  # the codec's UTC text, e.g. '2024-05-01 12:00:00.123+00:00'
         assert isinstance(stamp, str)
@@ -279,7 +230,7 @@ def test_down_one_version_at_a_time(migrations: Migrations, db_path: Path) -> No
     assert _goose_rows(db_path) == [(0, 1)]
     assert migrations.version() == 0
     assert migrations.up() == ALL  # and back up again
-    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
+    assert _goose_rows(db_path) == applied_rows(ALL)
 
 
 def _columns(path: Path, table: str) -> list[str]:
@@ -454,10 +405,7 @@ def test_rolled_back_and_zero_versions_are_not_unknown(
 
 
 def _broken_source(tmp_path: Path, body: str, name: str = "00101_broken.sql") -> Path:
-    source = tmp_path / "migrations"
-    shutil.copytree(SQLITE_FILES, source)
-    (source / name).write_text(body)
-    return source
+    return source_with(SQLITE_FILES, tmp_path, {name: body})
 
 
 def test_failing_file_rolls_back_and_names_the_file(tmp_path: Path, db_path: Path) -> None:
@@ -572,32 +520,13 @@ def test_reads_a_database_goose_wrote(migrations: Migrations, db_path: Path) -> 
 
 
 def _race_up(path: str, barrier: Any, results: Any) -> None:
-    migrations = Migrations(SQLITE_FILES, SqliteTarget(Path(path)))
-    barrier.wait()
-    try:
-        results.put(("ok", migrations.up()))
-    except Exception as exc:  # report it to the parent
-        results.put(("error", repr(exc)))
+    up_at_barrier(Migrations(SQLITE_FILES, SqliteTarget(Path(path))), barrier, results)
 
 
 def test_processes_racing_apply_each_version_once(db_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
-    count = 4
-    barrier = ctx.Barrier(count)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(target=_race_up, args=(str(db_path), barrier, results)) for _ in range(count)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=60) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    assert all(kind == "ok" for kind, _ in outcomes), outcomes
-    applied = sorted(v for _, versions in outcomes for v in versions)
-    assert applied == ALL
-    assert _goose_rows(db_path) == [(0, 1), (1, 1), (2, 1), (3, 1), (100, 1)]
+    outcomes = run_processes(_race_up, [(str(db_path),)] * 4, within_s=60, method="fork")
+    assert_each_version_applied_once(outcomes, ALL)
+    assert _goose_rows(db_path) == applied_rows(ALL)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
@@ -775,28 +704,11 @@ def test_postgres_unknown_applied_version_is_refused(pg_url: str) -> None:
 
 
 def _pg_race_up(url: str, barrier: Any, results: Any) -> None:
-    migrations = Migrations(POSTGRES_FILES, PostgresTarget(url))
-    barrier.wait()
-    try:
-        results.put(("ok", migrations.up()))
-    except Exception as exc:
-        results.put(("error", repr(exc)))
+    up_at_barrier(Migrations(POSTGRES_FILES, PostgresTarget(url)), barrier, results)
 
 
 def test_postgres_processes_racing_apply_each_version_once(pg_url: str) -> None:
-    ctx = multiprocessing.get_context("fork")
-    count = 6
-    barrier = ctx.Barrier(count)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(target=_pg_race_up, args=(pg_url, barrier, results)) for _ in range(count)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=60) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-    assert all(kind == "ok" for kind, _ in outcomes), outcomes
-    assert sorted(v for _, versions in outcomes for v in versions) == ALL
+    outcomes = run_processes(_pg_race_up, [(pg_url,)] * 6, within_s=60, method="fork")
+    assert_each_version_applied_once(outcomes, ALL)
     rows = _pg_rows(pg_url, "SELECT version_id FROM goose_db_version ORDER BY id")
     assert [r[0] for r in rows] == [0, *ALL]

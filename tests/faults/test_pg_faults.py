@@ -8,9 +8,6 @@ The pool's connections are told apart from everything else on the server by an
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
-import shutil
 import threading
 import time
 import uuid
@@ -28,15 +25,22 @@ from llm_proxy_db import (
     AuditEvent,
     DatabaseError,
     FullConfig,
-    MigrationError,
     Project,
     Token,
     TransientError,
     new_from_full_config,
 )
-from llm_proxy_db.sql import Migrations
 from tests.faults.fault_workers import pg_config, pg_increments
+from tests.faults.migration_checks import (
+    LATEST,
+    POSTGRES_FILES,
+    assert_the_next_up_completes,
+    assert_up_fails_at_the_last_statement,
+    each_version_once,
+    filled_tables,
+)
 from tests.faults.migration_support import MIGRATION_FILES, big_migration_source, kill_during_up
+from tests.fixtures.processes import started
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import conninfo  # noqa: E402 - after the skip when psycopg is missing
@@ -47,8 +51,6 @@ KILL_EVERY_S = 0.2
 BLOCK_SECONDS = 4.0
 """How long the transaction-block test runs its writers under the killer."""
 _JOIN_S = 120.0
-REPO = Path(__file__).resolve().parents[2]
-POSTGRES_FILES = REPO / "backends/postgres/src/llm_proxy_db_postgres/migrations"
 
 
 def _named(url: str) -> tuple[str, str]:
@@ -152,6 +154,23 @@ def fault_db(named_url: tuple[str, str]) -> Iterator[DB]:
         yield db
 
 
+Tally = tuple[int, int, dict[str, int], list[str]]
+"""What a thread or process of increments reports: (acknowledged, failed, failure types,
+failures that are not a library error)."""
+
+
+def _summed(tallies: list[Tally]) -> tuple[int, int, dict[str, int]]:
+    """The tallies as one (acknowledged, failed, failure types); every failure must be a
+    library error."""
+    wrong = [w for *_, ws in tallies for w in ws]
+    assert wrong == [], "failures that are not a DatabaseError"
+    kinds: dict[str, int] = {}
+    for *_, found, _ in tallies:
+        for kind, number in found.items():
+            kinds[kind] = kinds.get(kind, 0) + number
+    return sum(t[0] for t in tallies), sum(t[1] for t in tallies), kinds
+
+
 def _token(db: DB) -> str:
     project = db.create_project(Project(name=f"p-{uuid.uuid4().hex[:8]}", openai_api_key="sk-k"))
     return db.create_token(Token(project_id=project.id)).token
@@ -162,7 +181,7 @@ def test_increments_from_threads_while_connections_are_killed(
 ) -> None:
     token = _token(fault_db)
     per_thread = INCREMENTS // WORKERS
-    tallies: list[tuple[int, int, dict[str, int], list[str]]] = []
+    tallies: list[Tally] = []
     lock = threading.Lock()
 
     def work() -> None:
@@ -191,14 +210,7 @@ def test_increments_from_threads_while_connections_are_killed(
         _join_all(threads, _JOIN_S)
     elapsed = time.perf_counter() - started
 
-    wrong = [w for *_, ws in tallies for w in ws]
-    assert wrong == [], "failures that are not a DatabaseError"
-    acked = sum(t[0] for t in tallies)
-    failed = sum(t[1] for t in tallies)
-    kinds: dict[str, int] = {}
-    for *_, found, _ in tallies:
-        for kind, number in found.items():
-            kinds[kind] = kinds.get(kind, 0) + number
+    acked, failed, kinds = _summed(tallies)
     assert acked + failed == INCREMENTS
     more, more_failed = _keeps_working(fault_db, token)
     counted = _counted(postgres_url, token)
@@ -220,52 +232,17 @@ def test_increments_from_processes_while_connections_are_killed(
 ) -> None:
     token = _token(fault_db)
     per_process = INCREMENTS // WORKERS
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WORKERS + 1)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(
-            target=pg_increments,
-            args=(named_url[0], token, per_process, barrier, results),
-            daemon=True,
-        )
-        for _ in range(WORKERS)
-    ]
-    for process in processes:
-        process.start()
-    collected: list[tuple[int, int, dict[str, int], list[str]]] = []
-    try:
-        barrier.wait(timeout=60)  # every child has opened its DB
-        started = time.perf_counter()
+    args = (named_url[0], token, per_process)
+    with started(pg_increments, [args] * WORKERS, parent_meets=True) as children:
+        children.barrier.wait(timeout=60)  # every child has opened its DB
+        began = time.perf_counter()
         with killing(postgres_url, named_url[1]) as killer:
-            deadline = time.monotonic() + _JOIN_S
-            while len(collected) < WORKERS:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    pytest.fail(f"only {len(collected)} of {WORKERS} processes reported")
-                try:
-                    collected.append(results.get(timeout=remaining))
-                except queue.Empty:
-                    continue
-        elapsed = time.perf_counter() - started
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+            collected: list[Tally] = children.collect(within_s=_JOIN_S)
+        elapsed = time.perf_counter() - began
 
-    wrong = [w for *_, ws in collected for w in ws]
-    assert wrong == [], "failures that are not a DatabaseError"
-    assert [p.exitcode for p in processes] == [0] * WORKERS
-    acked = sum(c[0] for c in collected)
-    failed = sum(c[1] for c in collected)
+    acked, failed, kinds = _summed(collected)
     assert acked + failed == INCREMENTS
     counted = _counted(postgres_url, token)
-    kinds: dict[str, int] = {}
-    for *_, found, _ in collected:
-        for kind, number in found.items():
-            kinds[kind] = kinds.get(kind, 0) + number
     print(
         f"\nprocesses: {INCREMENTS} increments in {elapsed:.1f}s: {acked} acknowledged, "
         f"{failed} failed {kinds}, {counted} counted ({counted - acked} in doubt counted); "
@@ -449,25 +426,11 @@ def test_migration_failing_halfway_leaves_schema_and_version_as_before(
     with new_from_full_config(pg_config(postgres_url, pool=2, auto_migrate=True)) as db:
         db.create_project(Project(name="kept", openai_api_key="sk-k"))
     before = _schema(postgres_url)
-    source = tmp_path / "pg"
-    shutil.copytree(POSTGRES_FILES, source)
-    (source / "00101_half.sql").write_text(
-        "-- +goose Up\n"
-        "CREATE TABLE half_done (x INTEGER);\n"
-        "ALTER TABLE tokens ADD COLUMN half_column TEXT;\n"
-        "CREATE INDEX idx_half ON projects (created_at);\n"
-        "UPDATE projects SET name = 'changed';\n"
-        "INSERT INTO no_such_table VALUES (1);\n"
-        "-- +goose Down\n"
-        "DROP TABLE half_done;\n"
-    )
     backend = PostgresBackend(pg_config(postgres_url, pool=2))
     try:
-        with pytest.raises(MigrationError) as info:
-            Migrations(source, backend).up()
+        assert_up_fails_at_the_last_statement(backend, POSTGRES_FILES, tmp_path)
     finally:
         backend.close()
-    assert "00101_half.sql" in str(info.value) and "statement 5 of 5" in str(info.value)
     assert _schema(postgres_url) == before
 
 
@@ -477,7 +440,6 @@ def test_sigkill_during_up_leaves_a_database_the_next_up_completes(
     from llm_proxy_db_postgres import PostgresBackend
 
     source = big_migration_source(tmp_path, MIGRATION_FILES, "postgres")
-    latest = 100 + MIGRATION_FILES
 
     def read_version() -> int:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -486,26 +448,24 @@ def test_sigkill_during_up_leaves_a_database_the_next_up_completes(
             row = conn.execute("SELECT MAX(version_id) FROM goose_db_version").fetchone()
             return int(row[0] or 0) if row else 0
 
-    at, _ = kill_during_up("postgres", postgres_url, source, read_version, latest)
+    at, _ = kill_during_up("postgres", postgres_url, source, read_version, LATEST)
     backend = PostgresBackend(pg_config(postgres_url, pool=2))
     try:
         started = time.monotonic()
-        applied = Migrations(source, backend).up()
+        applied = assert_the_next_up_completes(backend, source, at)
         took = time.monotonic() - started
-        assert applied == list(range(at + 1, latest + 1))
-        assert Migrations(source, backend).version() == latest
     finally:
         backend.close()
     print(
-        f"\nkilled at version {at} of {latest}; the next up applied {len(applied)} in {took:.1f}s"
+        f"\nkilled at version {at} of {LATEST}; the next up applied {len(applied)} in {took:.1f}s"
     )
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         versions = conn.execute(
             "SELECT version_id, COUNT(*) FROM goose_db_version GROUP BY 1 ORDER BY 1"
         ).fetchall()
-        assert versions == [(v, 1) for v in (0, 1, 2, 3, *range(100, latest + 1))]
-        for n in (101, at, at + 1, latest):
-            assert conn.execute(f"SELECT COUNT(*) FROM t_{n}").fetchone() == (2000,)
+        assert versions == each_version_once()
+        for table in filled_tables(at):
+            assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (2000,)
         locks = conn.execute(
             "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import random
 import shutil
 import sqlite3
@@ -24,19 +23,24 @@ from llm_proxy_db import (
     ConfigError,
     DatabaseError,
     FullConfig,
-    MigrationError,
     Project,
     Token,
     new_from_full_config,
 )
-from llm_proxy_db.sql import Migrations
 from tests.faults.fault_workers import sqlite_killed_writer, sqlite_mixed_writer
+from tests.faults.migration_checks import (
+    LATEST,
+    SQLITE_FILES,
+    assert_the_next_up_completes,
+    assert_up_fails_at_the_last_statement,
+    each_version_once,
+    filled_tables,
+)
 from tests.faults.migration_support import MIGRATION_FILES, big_migration_source, kill_during_up
+from tests.fixtures.processes import run_processes
 
 pytest.importorskip("llm_proxy_db_sqlite")
 
-REPO = Path(__file__).resolve().parents[2]
-SQLITE_FILES = REPO / "backends/sqlite/src/llm_proxy_db_sqlite/migrations"
 WRITERS = 4
 ROUNDS = 150
 """Rounds per writer process: a token, an increment, an event and a two-write transaction."""
@@ -75,37 +79,12 @@ def test_four_processes_writing_at_once_never_see_a_lock_error(
     seeded: tuple[Path, str, str],
 ) -> None:
     path, project_id, shared = seeded
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WRITERS)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(
-            target=sqlite_mixed_writer,
-            args=(str(path), project_id, shared, ROUNDS, barrier, results),
-            daemon=True,
-        )
-        for _ in range(WRITERS)
-    ]
     started = time.perf_counter()
-    for process in processes:
-        process.start()
-    collected: list[tuple[int, list[str]]] = []
-    try:
-        deadline = time.monotonic() + _JOIN_S
-        while len(collected) < WRITERS:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"only {len(collected)} of {WRITERS} writers reported")
-            try:
-                collected.append(results.get(timeout=remaining))
-            except queue.Empty:
-                continue
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+    collected: list[tuple[int, list[str]]] = run_processes(
+        sqlite_mixed_writer,
+        [(str(path), project_id, shared, ROUNDS)] * WRITERS,
+        within_s=_JOIN_S,
+    )
     elapsed = time.perf_counter() - started
     errors = [error for _, found in collected for error in found]
     locked = [error for error in errors if "locked" in error.lower()]
@@ -363,25 +342,11 @@ def test_migration_failing_halfway_leaves_schema_and_version_as_before(
     path, _, _ = seeded
     before = (_schema(path), _rows(path, "SELECT * FROM goose_db_version ORDER BY id"))
     data = _rows(path, "SELECT id, name FROM projects")
-    source = tmp_path / "half"
-    shutil.copytree(SQLITE_FILES, source)
-    (source / "00101_half.sql").write_text(
-        "-- +goose Up\n"
-        "CREATE TABLE half_done (x INTEGER);\n"
-        "ALTER TABLE tokens ADD COLUMN half_column TEXT;\n"
-        "CREATE INDEX idx_half ON projects (created_at);\n"
-        "UPDATE projects SET name = 'changed';\n"
-        "INSERT INTO no_such_table VALUES (1);\n"
-        "-- +goose Down\n"
-        "DROP TABLE half_done;\n"
-    )
     backend = SQLiteBackend(FullConfig(path=str(path), auto_migrate=False))
     try:
-        with pytest.raises(MigrationError) as info:
-            Migrations(source, backend).up()
+        assert_up_fails_at_the_last_statement(backend, SQLITE_FILES, tmp_path)
     finally:
         backend.close()
-    assert "00101_half.sql" in str(info.value) and "statement 5 of 5" in str(info.value)
     assert (_schema(path), _rows(path, "SELECT * FROM goose_db_version ORDER BY id")) == before
     assert _rows(path, "SELECT id, name FROM projects") == data
 
@@ -391,7 +356,6 @@ def test_sigkill_during_up_leaves_a_database_the_next_up_completes(tmp_path: Pat
 
     path = tmp_path / "killed-up.db"
     source = big_migration_source(tmp_path, MIGRATION_FILES, "sqlite")
-    latest = 100 + MIGRATION_FILES
 
     def read_version() -> int:
         if not path.exists():
@@ -402,18 +366,16 @@ def test_sigkill_during_up_leaves_a_database_the_next_up_completes(tmp_path: Pat
             return 0
         return int(row[0][0] or 0)
 
-    at, _ = kill_during_up("sqlite", str(path), source, read_version, latest)
+    at, _ = kill_during_up("sqlite", str(path), source, read_version, LATEST)
     assert _integrity(path) == [("ok",)]
     backend = SQLiteBackend(FullConfig(path=str(path), auto_migrate=False))
     try:
-        applied = Migrations(source, backend).up()
-        assert applied == list(range(at + 1, latest + 1))
-        assert Migrations(source, backend).version() == latest
+        applied = assert_the_next_up_completes(backend, source, at)
     finally:
         backend.close()
-    print(f"\nkilled at version {at} of {latest}; the next up applied {len(applied)}")
+    print(f"\nkilled at version {at} of {LATEST}; the next up applied {len(applied)}")
     versions = _rows(path, "SELECT version_id, COUNT(*) FROM goose_db_version GROUP BY 1")
-    assert sorted(versions) == [(v, 1) for v in (0, 1, 2, 3, *range(100, latest + 1))]
-    for n in (101, at, at + 1, latest):
-        assert _rows(path, f"SELECT COUNT(*) FROM t_{n}") == [(2000,)]
+    assert sorted(versions) == each_version_once()
+    for table in filled_tables(at):
+        assert _rows(path, f"SELECT COUNT(*) FROM {table}") == [(2000,)]
     assert _integrity(path) == [("ok",)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,70 +32,25 @@ from llm_proxy_db.sql import DbApiMigrationConnection, Migrations
 from llm_proxy_db.sql._migrate import PROGRESS_TABLE
 from llm_proxy_db_mysql._backend import SQL_MODE, translate_error
 from llm_proxy_db_mysql._migration import MIGRATION_LOCK, migration_connection
+from tests.fixtures.goose import (
+    GOOSE_ROWS_QUERY,
+    HOT_PATH_INDEXES,
+    ISSUE_3_INDEXES,
+    applied_rows,
+    as_goose_rows,
+    assert_each_version_applied_once,
+    schema_columns,
+    source_with,
+    up_at_barrier,
+)
 from tests.fixtures.mysql import connect_kwargs
+from tests.fixtures.processes import run_processes
 
 MYSQL_FILES = Path(str(files("llm_proxy_db_mysql") / "migrations"))
 SHIPPED = [1, 2, 3, 100, 101]
 GO_VERSIONS = [1, 2, 3]
 
-ISSUE_3_INDEXES = {
-    "idx_projects_name",
-    "idx_tokens_project_id",
-    "idx_tokens_expires_at",
-    "idx_tokens_is_active",
-    "idx_audit_timestamp",
-    "idx_audit_action",
-    "idx_audit_project_id",
-    "idx_audit_client_ip",
-    "idx_audit_request_id",
-    "idx_audit_outcome",
-    "idx_audit_ip_action",
-}
-HOT_PATH_INDEXES = {
-    "idx_audit_project_timestamp",
-    "idx_audit_timestamp_id",
-    "idx_tokens_project_created",
-}
-COLUMNS = {
-    "projects": [
-        "id",
-        "name",
-        "api_key",
-        "is_active",
-        "created_at",
-        "updated_at",
-        "deactivated_at",
-    ],
-    "tokens": [
-        "token",
-        "project_id",
-        "expires_at",
-        "is_active",
-        "request_count",
-        "max_requests",
-        "created_at",
-        "last_used_at",
-        "deactivated_at",
-        "cache_hit_count",
-    ],
-    "audit_events": [
-        "id",
-        "timestamp",
-        "action",
-        "actor",
-        "project_id",
-        "request_id",
-        "correlation_id",
-        "client_ip",
-        "method",
-        "path",
-        "user_agent",
-        "outcome",
-        "reason",
-        "token_id",
-        "metadata",
-    ],
-}
+COLUMNS = schema_columns(api_key_column="api_key")
 
 
 def connect(url: str) -> Connection[Any]:
@@ -153,21 +107,11 @@ def tables(url: str) -> set[str]:
 
 
 def goose_rows(url: str) -> list[tuple[int, int]]:
-    found = rows(url, "SELECT version_id, is_applied FROM goose_db_version ORDER BY id")
-    return [(int(v), int(a)) for v, a in found]
+    return as_goose_rows(rows(url, GOOSE_ROWS_QUERY))
 
 
 def progress_rows(url: str) -> list[tuple[Any, ...]]:
     return rows(url, f"SELECT * FROM {PROGRESS_TABLE} ORDER BY version_id")
-
-
-def source_with(tmp_path: Path, extra: dict[str, str]) -> Path:
-    source = tmp_path / "migrations"
-    if not source.exists():
-        shutil.copytree(MYSQL_FILES, source)
-    for name, text in extra.items():
-        (source / name).write_text(text)
-    return source
 
 
 # -- the shipped files --------------------------------------------------------------------
@@ -177,7 +121,7 @@ def test_shipped_files_up_and_down(mysql_url: str) -> None:
     migrations = Migrations(MYSQL_FILES, Target(mysql_url))
     assert [m.version for m in migrations.migrations] == SHIPPED
     assert migrations.up() == SHIPPED
-    assert goose_rows(mysql_url) == [(0, 1), *((v, 1) for v in SHIPPED)]
+    assert goose_rows(mysql_url) == applied_rows(SHIPPED)
     assert progress_rows(mysql_url) == []
     assert tables(mysql_url) == {
         "projects",
@@ -373,23 +317,13 @@ def test_a_lock_timeout_names_the_holders_connection_id(mysql_url: str) -> None:
 
 
 def _race_up(url: str, barrier: Any, results: Any) -> None:
-    migrations = Migrations(MYSQL_FILES, Target(url))
-    barrier.wait()
-    results.put(migrations.up())
+    up_at_barrier(Migrations(MYSQL_FILES, Target(url)), barrier, results)
 
 
 def test_processes_racing_apply_each_version_once(mysql_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(3), ctx.Queue()
-    children = [ctx.Process(target=_race_up, args=(mysql_url, barrier, results)) for _ in range(3)]
-    for child in children:
-        child.start()
-    applied = [results.get(timeout=120) for _ in children]
-    for child in children:
-        child.join(timeout=30)
-        assert child.exitcode == 0
-    assert sorted(v for run in applied for v in run) == SHIPPED
-    assert goose_rows(mysql_url) == [(0, 1), *((v, 1) for v in SHIPPED)]
+    outcomes = run_processes(_race_up, [(mysql_url,)] * 3, within_s=120)
+    assert_each_version_applied_once(outcomes, SHIPPED)
+    assert goose_rows(mysql_url) == applied_rows(SHIPPED)
 
 
 # -- per-statement progress ---------------------------------------------------------------
@@ -410,7 +344,7 @@ FIXED = FAILS_AT_ITS_SECOND_STATEMENT.replace(
 def test_a_file_failing_at_its_second_statement_resumes_after_the_first(
     mysql_url: str, tmp_path: Path
 ) -> None:
-    source = source_with(tmp_path, {"00102_half.sql": FAILS_AT_ITS_SECOND_STATEMENT})
+    source = source_with(MYSQL_FILES, tmp_path, {"00102_half.sql": FAILS_AT_ITS_SECOND_STATEMENT})
     with pytest.raises(MigrationError) as info:
         Migrations(source, Target(mysql_url)).up()
     message = str(info.value)
@@ -441,7 +375,7 @@ def test_a_file_failing_at_its_second_statement_resumes_after_the_first(
 def test_down_force_crosses_a_partial_file_and_keeps_its_record(
     mysql_url: str, tmp_path: Path
 ) -> None:
-    source = source_with(tmp_path, {"00102_half.sql": FAILS_AT_ITS_SECOND_STATEMENT})
+    source = source_with(MYSQL_FILES, tmp_path, {"00102_half.sql": FAILS_AT_ITS_SECOND_STATEMENT})
     with pytest.raises(MigrationError):
         Migrations(source, Target(mysql_url)).up()
     migrations = Migrations(source, Target(mysql_url))
@@ -468,7 +402,7 @@ def _big_source(tmp_path: Path) -> Path:
             f"CREATE INDEX IF NOT EXISTS idx_t_{n} ON t_{n} (v);\n"
             f"-- +goose Down\nDROP TABLE t_{n};\n"
         )
-    return source_with(tmp_path, extra)
+    return source_with(MYSQL_FILES, tmp_path, extra)
 
 
 def _up_in_child(url: str, source: str) -> None:

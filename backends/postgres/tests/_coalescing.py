@@ -10,8 +10,6 @@ small module and the package, never pytest's collection of a test file.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import queue
 import threading
 import time
 from collections import Counter
@@ -33,6 +31,7 @@ from llm_proxy_db import (
 )
 from llm_proxy_db.sql import StoreLogic
 from llm_proxy_db_postgres._async_backend import AsyncPostgresBackend
+from tests.fixtures.processes import run_processes
 
 if TYPE_CHECKING:
     import pytest
@@ -246,31 +245,8 @@ def tasks_racing(
 def race_in_processes(worker: Worker, url: str, token: str, callers: int) -> Race:
     """ATTEMPTS increments of ``token`` by PROCESSES spawned processes of ``worker``, each
     with ``callers`` threads or tasks, started together; their races as one."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES)
-    results = ctx.Queue()
-    args = (url, token, callers, ATTEMPTS // PROCESSES, barrier, results)
-    processes = [ctx.Process(target=worker, args=args, daemon=True) for _ in range(PROCESSES)]
-    for process in processes:
-        process.start()
-    collected: list[Race] = []
-    deadline = time.monotonic() + _JOIN_S
-    try:
-        while len(collected) < PROCESSES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{len(collected)} of {PROCESSES} processes reported")
-            try:
-                collected.append(results.get(timeout=remaining))
-            except queue.Empty:
-                continue
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    assert [process.exitcode for process in processes] == [0] * PROCESSES
+    args = (url, token, callers, ATTEMPTS // PROCESSES)
+    collected: list[Race] = run_processes(worker, [args] * PROCESSES, within_s=_JOIN_S)
     print(f"\ncounted per process: {[len(race.counts) for race in collected]}")
     return Race.of_all(collected)
 

@@ -3,14 +3,11 @@ migrations started by many processes at once apply each version exactly once."""
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 import time
 from datetime import timedelta
 from typing import Any
 
 import psycopg
-import pytest
 
 from llm_proxy_db import (
     DatabaseError,
@@ -20,6 +17,7 @@ from llm_proxy_db import (
     TokenLimitReachedError,
     new_from_full_config,
 )
+from tests.fixtures.processes import run_processes
 
 PROCESSES = 8
 ATTEMPTS = 5000
@@ -81,37 +79,6 @@ def _migrate_worker(url: str, barrier: Any, results: Any) -> None:
         results.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _run(target: Any, args_for: list[tuple[Any, ...]], count: int) -> list[Any]:
-    """Start ``count`` spawned processes of ``target`` that meet at a barrier; their results."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(count)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(target=target, args=(*args, barrier, results), daemon=True) for args in args_for
-    ]
-    for process in processes:
-        process.start()
-    collected: list[Any] = []
-    deadline = time.monotonic() + _JOIN_S
-    try:
-        while len(collected) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"only {len(collected)} of {count} processes reported in {_JOIN_S}s")
-            try:
-                collected.append(results.get(timeout=remaining))
-            except queue.Empty:
-                continue
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    assert all(process.exitcode == 0 for process in processes), [p.exitcode for p in processes]
-    return collected
-
-
 def test_processes_racing_on_one_token_never_overrun_its_limit(postgres_url: str) -> None:
     with new_from_full_config(_config(postgres_url, auto_migrate=True)) as db:
         project = db.create_project(Project(name="race", openai_api_key="sk-race"))
@@ -120,7 +87,9 @@ def test_processes_racing_on_one_token_never_overrun_its_limit(postgres_url: str
         per_process = ATTEMPTS // PROCESSES
         assert per_process * PROCESSES == ATTEMPTS
         started = time.perf_counter()
-        results = _run(_race_worker, [(postgres_url, token, per_process)] * PROCESSES, PROCESSES)
+        results = run_processes(
+            _race_worker, [(postgres_url, token, per_process)] * PROCESSES, within_s=_JOIN_S
+        )
         elapsed = time.perf_counter() - started
 
         errors = [error for _, _, other, _ in results for error in other]
@@ -147,7 +116,7 @@ def test_processes_racing_on_one_token_never_overrun_its_limit(postgres_url: str
 def test_ten_processes_migrating_a_fresh_schema_at_once_apply_each_version_once(
     postgres_url: str,
 ) -> None:
-    results = _run(_migrate_worker, [(postgres_url,)] * MIGRATORS, MIGRATORS)
+    results = run_processes(_migrate_worker, [(postgres_url,)] * MIGRATORS, within_s=_JOIN_S)
 
     assert results == [("ok", 100)] * MIGRATORS
     with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -26,24 +26,13 @@ from llm_proxy_db import (
 )
 from llm_proxy_db.sql._statements import AUDIT_COLUMNS, Statements
 from llm_proxy_db_postgres import POSTGRES, _backend
+from tests.fixtures.goose import ISSUE_3_INDEXES
 
 if TYPE_CHECKING:
     from tests.fixtures.postgres import PostgresServer
 
 TABLES = {"projects", "tokens", "audit_events", "goose_db_version"}
-GO_INDEXES = {
-    "idx_projects_name",
-    "idx_tokens_project_id",
-    "idx_tokens_expires_at",
-    "idx_tokens_is_active",
-    "idx_audit_timestamp",
-    "idx_audit_action",
-    "idx_audit_project_id",
-    "idx_audit_client_ip",
-    "idx_audit_request_id",
-    "idx_audit_outcome",
-    "idx_audit_ip_action",
-}
+GO_INDEXES = ISSUE_3_INDEXES  # the Go program's indexes (migrations 1-3)
 _LOCK_KEY = (_backend.MIGRATION_LOCK_ID >> 32, _backend.MIGRATION_LOCK_ID & 0xFFFFFFFF)
 _ADVISORY_LOCKS = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = %s "
