@@ -1672,7 +1672,6 @@ COALESCE_THREADS = 32
 """Client threads (and pgbench clients) of the coalescing rows (issue 14's bar)."""
 
 
-
 PGBENCH_MODES = ("simple", "prepared")
 """pgbench's query modes of the coalescing comparison: each statement planned every time,
 and prepared once per client (its plan reused: the fastest form pgbench has)."""

@@ -16,27 +16,26 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
 
 from . import _transaction_rule
 from ._aio_audit_writer import AsyncAuditWriter
-from ._audit_writer import AuditSpool, check_settings
+from ._audit_queue import check_settings
+from ._audit_writer import AuditSpool
 from ._config import Config, FullConfig, config_from_env
-from ._db import _Closed, open_backend
+from ._db import open_backend
 from ._delegation import AsyncForwardedStores, forwarding
 from ._encrypting import AsyncEncryptingBackend
 from ._encryption import Cipher
 from ._errors import DatabaseError
+from ._facade import CHECKED_CALL, FacadeState
 from ._offload import OffloadBackend
 from ._protocols import AsyncBackend, AsyncStores, Stores
-from ._registry import BackendSpec, Capabilities, get_backend_spec
+from ._registry import BackendSpec, get_backend_spec
 
 __all__ = ["AsyncDB", "AsyncStoreFacade", "new", "new_from_full_config"]
 
-_CHECKED_CALL = "self._stores.{name}({args})"
 
-
-@forwarding(_CHECKED_CALL, protocol=Stores, checked=True, awaiting=True)
+@forwarding(CHECKED_CALL, protocol=Stores, checked=True, awaiting=True)
 class AsyncStoreFacade(AsyncForwardedStores):
     """The store methods as coroutines, checked for argument types, then handed to the
     backend: the object an ``AsyncDB.transaction()`` block yields."""
@@ -47,12 +46,6 @@ class AsyncStoreFacade(AsyncForwardedStores):
         self._stores = stores
 
 
-class _Ended(_Closed):
-    """Stands in for a transaction's stores once its block has ended."""
-
-    message = "the transaction has ended; use the AsyncDB, or start a new transaction"
-
-
 def _wrong_loop(db: AsyncDB) -> DatabaseError:
     return DatabaseError(
         f"{db!r} was opened on another event loop: an AsyncDB belongs to the loop that "
@@ -61,14 +54,14 @@ def _wrong_loop(db: AsyncDB) -> DatabaseError:
 
 
 @forwarding(
-    _CHECKED_CALL,
+    CHECKED_CALL,
     checked=True,
     guarded=True,
     awaiting=True,
     prelude="if _running_loop() is not self._loop: raise _wrong_loop(self)",
     namespace={"_running_loop": asyncio.get_running_loop, "_wrong_loop": _wrong_loop},
 )
-class AsyncDB(AsyncStoreFacade):
+class AsyncDB(AsyncStoreFacade, FacadeState[AsyncAuditWriter]):
     """An open database on an event loop: the three stores as coroutines, transactions
     and the health check.
 
@@ -78,6 +71,8 @@ class AsyncDB(AsyncStoreFacade):
     """
 
     __slots__ = ("__weakref__", "_audit_writers", "_backend", "_loop", "backend_spec", "config")
+    _kind = "AsyncDB"
+    _blocking = False
 
     def __init__(
         self,
@@ -88,23 +83,13 @@ class AsyncDB(AsyncStoreFacade):
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         super().__init__(backend)
-        self._backend: AsyncBackend | Any = backend
+        self._opened(backend, config, backend_spec)
         self._loop = loop
-        self._audit_writers: dict[AsyncAuditWriter, None] = {}  # open ones, in creation order
-        self.config = config
-        """The configuration this database was opened with."""
-        self.backend_spec = backend_spec
-        """The spec of the backend behind this database."""
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """The optional abilities the backend declares."""
-        return self.backend_spec.capabilities
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
-        return isinstance(self._backend, _Closed)
+        return self._is_closed()
 
     def _check(self, call: str) -> None:
         if asyncio.get_running_loop() is not self._loop:
@@ -123,41 +108,34 @@ class AsyncDB(AsyncStoreFacade):
         its loop: as ``DB.audit_writer`` (the spool opened and read in a worker thread).
         ``close()`` closes every writer still open."""
         self._check("audit_writer")
-        if isinstance(self._backend, _Closed):
-            raise DatabaseError("the database is closed")
+        self._refuse_closed()
         check_settings(max_batch, max_delay, max_pending)
         spool = None if spool_path is None else await asyncio.to_thread(AuditSpool, spool_path)
-        if isinstance(self._backend, _Closed):  # closed while the spool opened
-            if spool is not None:
-                spool.close()
-            raise DatabaseError("the database is closed")
-        writer = AsyncAuditWriter(
-            self,
-            max_batch=max_batch,
-            max_delay=max_delay,
-            max_pending=max_pending,
-            spool=spool,
-            on_close=self._forget_writer,
+        if self.closed and spool is not None:  # closed while the spool opened
+            spool.close()
+        self._refuse_closed()
+        return self._track_writer(
+            AsyncAuditWriter(
+                self,
+                max_batch=max_batch,
+                max_delay=max_delay,
+                max_pending=max_pending,
+                spool=spool,
+                on_close=self._forget_writer,
+            )
         )
-        self._audit_writers[writer] = None
-        return writer
-
-    def _forget_writer(self, writer: AsyncAuditWriter) -> None:
-        self._audit_writers.pop(writer, None)
 
     async def close(self) -> None:
         """Store what every open audit writer holds and stop it, then release every
         connection and thread. Idempotent; later calls raise ``DatabaseError``."""
         self._check("close")
         failure: Exception | None = None
-        for writer in list(self._audit_writers):
+        for writer in self._open_writers():
             try:
                 await writer.close()
             except Exception as exc:  # close the rest and the backend first
                 failure = failure or exc
-        backend, self._backend = self._backend, _Closed()
-        self._stores = self._backend
-        if not isinstance(backend, _Closed):
+        if (backend := self._stand_in_closed()) is not None:
             await backend.close()
         if failure is not None:
             raise failure
@@ -184,12 +162,8 @@ class AsyncDB(AsyncStoreFacade):
         self._check("transaction")
         async with self._backend.transaction() as stores:
             facade = AsyncStoreFacade(stores)
-            block = _transaction_rule.enter(self, blocking=False)
-            try:
+            with self._block(facade):
                 yield facade
-            finally:
-                facade._stores = _Ended()
-                _transaction_rule.leave(block)
 
     async def __aenter__(self) -> AsyncDB:
         return self
@@ -201,10 +175,6 @@ class AsyncDB(AsyncStoreFacade):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<AsyncDB {self.backend_spec.name} {state}>"
 
     def __del__(self) -> None:
         if not self.closed:

@@ -11,22 +11,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
-from ._audit_writer import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
-    AuditSpool,
-    Queued,
-    WriterCounts,
-    check_event,
-    check_settings,
-    log_rejected,
-)
+from ._audit_queue import Attempts, Queued, WriterQueue, check_event, spool_keys, timeout
+from ._audit_writer import AuditSpool
 from ._errors import DatabaseError, TransientError
 from ._models import AuditEvent
 
@@ -38,7 +29,7 @@ __all__ = ["AsyncAuditWriter"]
 _log = logging.getLogger(__name__)
 
 
-class AsyncAuditWriter(WriterCounts):
+class AsyncAuditWriter(WriterQueue):
     """Stores submitted audit events in batches from a task of its own on the loop.
 
     Made by ``await db.audit_writer(...)``; as :class:`~llm_proxy_db.AuditWriter`, with
@@ -57,33 +48,17 @@ class AsyncAuditWriter(WriterCounts):
         spool: AuditSpool | None = None,
         on_close: Callable[[AsyncAuditWriter], None] | None = None,
     ) -> None:
-        check_settings(max_batch, max_delay, max_pending)
+        super().__init__(max_batch, max_delay, max_pending)
         self._loop = asyncio.get_running_loop()
         self._db = db
-        self._max_batch = max_batch
-        self._max_delay = float(max_delay)
-        self._max_pending = max_pending
         self._on_close = on_close
         self._changed = asyncio.Event()  # set and replaced on every change of state
-        self._queue: deque[Queued] = deque()
-        self._in_flight: list[Queued] = []
-        self._reserved = 0
-        self._submitted = 0
-        self._done = 0
-        self._urgent = 0
-        self._closing = False
         self._stopped = False
-        self._written = 0
-        self._rejected = 0
-        self._failed_batches = 0
         self._spool = spool
         self._spool_thread: ThreadPoolExecutor | None = None
         if spool is not None:
             self._spool_thread = ThreadPoolExecutor(1, "llm-proxy-db audit spool")
-            now = time.monotonic()
-            for seq, event in spool.replayed:
-                self._submitted += 1
-                self._queue.append(Queued(event, self._submitted, seq, now))
+            self._replay(spool.replayed)
         self._task = self._loop.create_task(self._run(), name="llm-proxy-db audit writer")
 
     # -- state changes (all on the loop, so no lock) -------------------------------------
@@ -108,13 +83,8 @@ class AsyncAuditWriter(WriterCounts):
                 "this audit writer belongs to another event loop (that of its AsyncDB)"
             )
 
-    def _backlog(self) -> int:
-        return len(self._queue) + len(self._in_flight) + self._reserved
-
     def _enqueue(self, event: AuditEvent, seq: int | None) -> None:
-        self._submitted += 1
-        self._queue.append(Queued(event, self._submitted, seq, time.monotonic()))
-        if len(self._queue) in (1, self._max_batch) or self._urgent:  # what the task awaits
+        if self._queued(event, seq) or self._urgent:  # what the task awaits
             self._notify()
 
     def _spooled(self, event: AuditEvent, future: asyncio.Future[int]) -> None:
@@ -212,65 +182,28 @@ class AsyncAuditWriter(WriterCounts):
         if on_close is not None:
             on_close(self)
 
-    @property
-    def pending(self) -> int:
-        """Events submitted (or replayed from the spool) and not yet stored or rejected."""
-        return len(self._queue) + len(self._in_flight)
-
-    @property
-    def oldest_pending_age(self) -> float | None:
-        """Seconds since the oldest pending event was submitted; None when none is."""
-        first = self._in_flight[0] if self._in_flight else (self._queue or [None])[0]
-        return None if first is None else time.monotonic() - first.submitted
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closing
-
     async def __aenter__(self) -> AsyncAuditWriter:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closing else "open"
-        return f"<AsyncAuditWriter {state} pending={self.pending} written={self._written}>"
-
     # -- the task ------------------------------------------------------------------------
 
     async def _next_batch(self) -> list[Queued] | None:
-        while True:
-            if self._queue:
-                wait = self._queue[0].submitted + self._max_delay - time.monotonic()
-                if (
-                    wait <= 0
-                    or len(self._queue) >= self._max_batch
-                    or self._urgent
-                    or self._closing
-                ):
-                    count = min(len(self._queue), self._max_batch)
-                    self._in_flight = [self._queue.popleft() for _ in range(count)]
-                    return self._in_flight
-                with suppress(TimeoutError):  # a full batch or a flush wakes it early
-                    await asyncio.wait_for(self._changed.wait(), wait)
-            elif self._closing and not self._reserved:
-                return None
-            else:
-                await self._changed.wait()
+        while isinstance(due := self._due(time.monotonic()), float):
+            with suppress(TimeoutError):  # a full batch, a flush or close wakes it early
+                await asyncio.wait_for(self._changed.wait(), timeout(due))
+        return due
 
     async def _run(self) -> None:
         try:
             while (batch := await self._next_batch()) is not None:
                 written, rejected = await self._store(batch)
                 if self._spool is not None:
-                    seqs = [q.seq for q in batch if q.seq is not None]
-                    await self._in_spool_thread(functools.partial(self._spool.delete, seqs))
-                self._written += written
-                self._rejected += rejected
-                self._done = batch[-1].number
-                self._in_flight = []
+                    keys = spool_keys(batch)
+                    await self._in_spool_thread(functools.partial(self._spool.delete, keys))
+                self._settle(batch, written, rejected)
                 self._notify()
         except asyncio.CancelledError:
             if self.pending and not self._closing:
@@ -283,32 +216,12 @@ class AsyncAuditWriter(WriterCounts):
             raise
 
     async def _store(self, batch: list[Queued]) -> tuple[int, int]:
-        events = [q.event for q in batch]
-        backoff = BACKOFF_FIRST
-        while True:
+        attempts = Attempts(batch, self)
+        for wait, events in attempts:
+            if wait:
+                await asyncio.sleep(wait)
             try:
                 await self._db.create_audit_events(events)
-                return len(events), 0
-            except TransientError:
-                self._failed_batches += 1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            except Exception:  # one bad event must not block the others
-                self._failed_batches += 1
-                break
-        written = rejected = 0
-        for event in events:
-            backoff = BACKOFF_FIRST
-            while True:
-                try:
-                    await self._db.create_audit_events([event])
-                    written += 1
-                    break
-                except TransientError:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                except Exception as exc:
-                    log_rejected(event, exc)
-                    rejected += 1
-                    break
-        return written, rejected
+            except Exception as exc:
+                attempts.failed(exc)
+        return attempts.written, attempts.rejected

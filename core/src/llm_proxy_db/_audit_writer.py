@@ -18,10 +18,10 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
+from ._audit_queue import Attempts, Queued, WriterQueue, check_event, spool_keys, timeout
 from ._converter import converter
 from ._errors import DatabaseError, TransientError
 from ._models import AuditEvent
@@ -29,14 +29,9 @@ from ._models import AuditEvent
 if TYPE_CHECKING:
     from ._db import DB
 
-__all__ = ["AuditSpool", "AuditWriter", "Queued", "check_settings", "log_rejected"]
+__all__ = ["AuditSpool", "AuditWriter"]
 
 _log = logging.getLogger(__name__)
-
-BACKOFF_FIRST: Final = 0.02
-"""Seconds before the first retry of a batch that failed with ``TransientError``."""
-BACKOFF_MAX: Final = 1.0
-"""The longest wait between retries (the wait doubles from ``BACKOFF_FIRST``)."""
 
 ABANDON_JOIN: Final = 1.0
 """Seconds ``close(timeout)`` waits for the thread after giving up on the backlog."""
@@ -59,26 +54,6 @@ def _close_at_exit() -> None:
             writer.close(AT_EXIT_TIMEOUT)
         except DatabaseError as exc:
             _log.error("at exit, %r: %s", writer, exc)
-
-
-def check_settings(max_batch: int, max_delay: float, max_pending: int) -> None:
-    """Raise ``ValueError`` (or ``TypeError``) for settings a writer cannot work with."""
-    for name, value in (("max_batch", max_batch), ("max_pending", max_pending)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if not isinstance(max_delay, int | float) or isinstance(max_delay, bool):
-        raise TypeError(f"max_delay must be a number of seconds, got {type(max_delay).__name__}")
-    if not 0 <= max_delay < float("inf"):
-        raise ValueError(f"max_delay must be a finite number of seconds >= 0, got {max_delay}")
-
-
-def log_rejected(event: AuditEvent, exc: BaseException) -> None:
-    """Log a rejected event by id: a library error's message (which never shows a
-    secret), only the class of any other exception (whose text might)."""
-    why = f"{type(exc).__name__}: {exc}" if isinstance(exc, DatabaseError) else type(exc).__name__
-    _log.error("audit event %s rejected by the database, not stored: %s", event.id, why)
 
 
 class AuditSpool:
@@ -166,49 +141,7 @@ class AuditSpool:
         self._release()
 
 
-class Queued:
-    """One submitted event waiting in a writer's queue."""
-
-    __slots__ = ("event", "number", "seq", "submitted")
-
-    def __init__(self, event: AuditEvent, number: int, seq: int | None, submitted: float) -> None:
-        self.event = event
-        self.number = number  # the writer's running count of submissions: for flush()
-        self.seq = seq  # its key in the spool, if any
-        self.submitted = submitted  # time.monotonic() at submission
-
-
-def check_event(event: object) -> AuditEvent:
-    """``event`` if it is an ``AuditEvent``, else ``TypeError``."""
-    if not isinstance(event, AuditEvent):
-        raise TypeError(f"submit() takes an AuditEvent, got {type(event).__name__}")
-    return event
-
-
-class WriterCounts:
-    """What both audit writers count (their ``written``, ``rejected``, ``failed_batches``)."""
-
-    _written: int
-    _rejected: int
-    _failed_batches: int
-
-    @property
-    def written(self) -> int:
-        """Events the database stored (ids it already had included)."""
-        return self._written
-
-    @property
-    def rejected(self) -> int:
-        """Events the database refused even alone, logged by id and dropped."""
-        return self._rejected
-
-    @property
-    def failed_batches(self) -> int:
-        """Batch writes that raised (each attempt counted, transient failures included)."""
-        return self._failed_batches
-
-
-class AuditWriter(WriterCounts):
+class AuditWriter(WriterQueue):
     """Stores submitted audit events in batches from a background thread of its own.
 
     Made by :meth:`DB.audit_writer`; :meth:`submit` returns at once while the backlog is
@@ -228,31 +161,15 @@ class AuditWriter(WriterCounts):
         spool_path: str | os.PathLike[str] | None = None,
         on_close: Callable[[AuditWriter], None] | None = None,
     ) -> None:
-        check_settings(max_batch, max_delay, max_pending)
+        super().__init__(max_batch, max_delay, max_pending)
         self._db = db
-        self._max_batch = max_batch
-        self._max_delay = float(max_delay)
-        self._max_pending = max_pending
         self._on_close = on_close
         self._cond = threading.Condition()
-        self._queue: deque[Queued] = deque()
-        self._in_flight: list[Queued] = []
-        self._reserved = 0  # submits between their room check and their queueing
-        self._submitted = 0  # numbers given to events (replayed ones included)
-        self._done = 0  # every event numbered up to this one is stored or rejected
-        self._urgent = 0  # flushes waiting: write without waiting for max_delay
-        self._closing = False
         self._abandon = False  # stop without waiting for the backlog
         self._stopped = False
-        self._written = 0
-        self._rejected = 0
-        self._failed_batches = 0
         self._spool = None if spool_path is None else AuditSpool(spool_path)
         if self._spool is not None:
-            now = time.monotonic()
-            for seq, event in self._spool.replayed:
-                self._submitted += 1
-                self._queue.append(Queued(event, self._submitted, seq, now))
+            self._replay(self._spool.replayed)
         self._thread = threading.Thread(
             target=self._run, name=f"llm-proxy-db audit writer {id(self):x}", daemon=True
         )
@@ -302,13 +219,7 @@ class AuditWriter(WriterCounts):
 
     def _enqueue(self, event: AuditEvent, seq: int | None) -> None:
         """Queue ``event`` (the condition held) and wake the thread if it may wait for it."""
-        self._submitted += 1
-        queue = self._queue
-        queue.append(Queued(event, self._submitted, seq, time.monotonic()))
-        if (
-            len(queue) in (1, self._max_batch)  # the thread may wait for either
-            or (not self._reserved and (self._urgent or self._closing))
-        ):
+        if self._queued(event, seq) or (not self._reserved and (self._urgent or self._closing)):
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -374,26 +285,17 @@ class AuditWriter(WriterCounts):
         if on_close is not None:
             on_close(self)
 
-    def _backlog(self) -> int:
-        return len(self._queue) + len(self._in_flight) + self._reserved
-
     @property
     def pending(self) -> int:
         """Events submitted (or replayed from the spool) and not yet stored or rejected."""
         with self._cond:
-            return len(self._queue) + len(self._in_flight)
+            return super().pending
 
     @property
     def oldest_pending_age(self) -> float | None:
         """Seconds since the oldest pending event was submitted; None when none is."""
         with self._cond:
-            first = self._in_flight[0] if self._in_flight else (self._queue or [None])[0]
-            return None if first is None else time.monotonic() - first.submitted
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closing
+            return super().oldest_pending_age
 
     def __enter__(self) -> AuditWriter:
         return self
@@ -401,31 +303,15 @@ class AuditWriter(WriterCounts):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closing else "open"
-        return f"<AuditWriter {state} pending={self.pending} written={self._written}>"
-
     # -- the thread ----------------------------------------------------------------------
 
     def _next_batch(self) -> list[Queued] | None:
         with self._cond:
             while not self._abandon:
-                if self._queue:
-                    wait = self._queue[0].submitted + self._max_delay - time.monotonic()
-                    if (
-                        wait <= 0
-                        or len(self._queue) >= self._max_batch
-                        or self._urgent
-                        or self._closing
-                    ):
-                        count = min(len(self._queue), self._max_batch)
-                        self._in_flight = [self._queue.popleft() for _ in range(count)]
-                        return self._in_flight
-                    self._cond.wait(wait)
-                elif self._closing and not self._reserved:
-                    return None
-                else:
-                    self._cond.wait()
+                due = self._due(time.monotonic())
+                if not isinstance(due, float):
+                    return due
+                self._cond.wait(timeout(due))  # a full batch, a flush or close wakes it early
             return None
 
     def _pause(self, seconds: float) -> bool:
@@ -440,48 +326,20 @@ class AuditWriter(WriterCounts):
         while (batch := self._next_batch()) is not None:
             written, rejected = self._store(batch)
             if self._spool is not None:
-                self._spool.delete(q.seq for q in batch[: written + rejected] if q.seq is not None)
+                self._spool.delete(spool_keys(batch[: written + rejected]))
             with self._cond:
-                self._written += written
-                self._rejected += rejected
-                if written + rejected == len(batch):
-                    self._done = batch[-1].number
-                    self._in_flight = []
-                else:  # abandoned mid-batch: what is left stays pending
-                    self._in_flight = self._in_flight[written + rejected :]
+                self._settle(batch, written, rejected)
                 self._cond.notify_all()
 
     def _store(self, batch: list[Queued]) -> tuple[int, int]:
         """Store ``batch``; how many events were stored and rejected (fewer than the batch
         only if the writer was abandoned meanwhile)."""
-        events = [q.event for q in batch]
-        backoff = BACKOFF_FIRST
-        while True:
+        attempts = Attempts(batch, self)
+        for wait, events in attempts:
+            if wait and not self._pause(wait):
+                break
             try:
                 self._db.create_audit_events(events)
-                return len(events), 0
-            except TransientError:
-                self._failed_batches += 1
-                if not self._pause(backoff):
-                    return 0, 0
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            except Exception:  # one bad event must not block the others
-                self._failed_batches += 1
-                break
-        written = rejected = 0
-        for event in events:
-            backoff = BACKOFF_FIRST
-            while True:
-                try:
-                    self._db.create_audit_events([event])
-                    written += 1
-                    break
-                except TransientError:
-                    if not self._pause(backoff):
-                        return written, rejected
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                except Exception as exc:
-                    log_rejected(event, exc)
-                    rejected += 1
-                    break
-        return written, rejected
+            except Exception as exc:
+                attempts.failed(exc)
+        return attempts.written, attempts.rejected

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 from . import _transaction_rule
 from ._audit_writer import AuditWriter
@@ -16,15 +15,10 @@ from ._config import Config, FullConfig, config_from_env
 from ._delegation import ForwardedStores, forwarding
 from ._encrypting import EncryptingBackend
 from ._encryption import Cipher
-from ._errors import ConfigError, DatabaseError, MigrationError
+from ._errors import ConfigError, MigrationError
+from ._facade import CHECKED_CALL, FacadeState
 from ._protocols import Stores
-from ._registry import (
-    STORAGE_API_VERSION,
-    BackendSpec,
-    Capabilities,
-    get_backend_spec,
-    list_backends,
-)
+from ._registry import STORAGE_API_VERSION, BackendSpec, get_backend_spec, list_backends
 
 if TYPE_CHECKING:
     from ._protocols import Backend
@@ -33,11 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["DB", "StoreFacade", "new", "new_from_full_config", "open_backend"]
 
 
-_CHECKED_CALL = "self._stores.{name}({args})"
-_writers_lock = threading.Lock()
-
-
-@forwarding(_CHECKED_CALL, protocol=Stores, checked=True)
+@forwarding(CHECKED_CALL, protocol=Stores, checked=True)
 class StoreFacade(ForwardedStores):
     """The store methods, checked for argument types, then handed to the backend.
 
@@ -51,23 +41,8 @@ class StoreFacade(ForwardedStores):
         self._stores = stores
 
 
-class _Closed:
-    """Stands in for the backend after ``close()``: every use raises ``DatabaseError``."""
-
-    message = "the database is closed"
-
-    def __getattr__(self, name: str) -> NoReturn:
-        raise DatabaseError(self.message)
-
-
-class _Ended(_Closed):
-    """Stands in for a transaction's stores once its block has ended."""
-
-    message = "the transaction has ended; use the DB, or start a new transaction"
-
-
-@forwarding(_CHECKED_CALL, checked=True, guarded=True)
-class DB(StoreFacade):
+@forwarding(CHECKED_CALL, checked=True, guarded=True)
+class DB(StoreFacade, FacadeState[AuditWriter]):
     """An open database: the three stores, transactions, health and migrations.
 
     Open one with :func:`new` (SQLite) or :func:`new_from_full_config` (any backend); close
@@ -79,6 +54,8 @@ class DB(StoreFacade):
     """
 
     __slots__ = ("_audit_writers", "_backend", "_migrations", "backend_spec", "config")
+    _kind = "DB"
+    _blocking = True
 
     def __init__(
         self,
@@ -89,25 +66,14 @@ class DB(StoreFacade):
         migrations: Migrations | None = None,
     ) -> None:
         super().__init__(backend)
-        self._backend: Backend | Any = backend
+        self._opened(backend, config, backend_spec)
         self._migrations = migrations
-        self._audit_writers: dict[AuditWriter, None] = {}  # open ones, in creation order
-        self.config = config
-        """The configuration this database was opened with."""
-        self.backend_spec = backend_spec
-        """The spec of the backend behind this database."""
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """The optional abilities the backend declares."""
-        return self.backend_spec.capabilities
 
     @property
     def migrations(self) -> Migrations:
         """The schema migration runner (SQL backends only)."""
         _transaction_rule.refuse(self, "migrations")
-        if self._backend.__class__ is _Closed:
-            raise DatabaseError("the database is closed")
+        self._refuse_closed()
         if self._migrations is None:
             raise MigrationError(f"the {self.backend_spec.name} backend has no schema migrations")
         return self._migrations
@@ -127,39 +93,29 @@ class DB(StoreFacade):
         file, and what a previous writer left there is stored first. ``close()`` closes
         every writer still open."""
         _transaction_rule.refuse(self, "audit_writer")
-        if self._backend.__class__ is _Closed:
-            raise DatabaseError("the database is closed")
-        writer = AuditWriter(
-            self,
-            max_batch=max_batch,
-            max_delay=max_delay,
-            max_pending=max_pending,
-            spool_path=spool_path,
-            on_close=self._forget_writer,
+        self._refuse_closed()
+        return self._track_writer(
+            AuditWriter(
+                self,
+                max_batch=max_batch,
+                max_delay=max_delay,
+                max_pending=max_pending,
+                spool_path=spool_path,
+                on_close=self._forget_writer,
+            )
         )
-        with _writers_lock:
-            self._audit_writers[writer] = None
-        return writer
-
-    def _forget_writer(self, writer: AuditWriter) -> None:
-        with _writers_lock:
-            self._audit_writers.pop(writer, None)
 
     def close(self) -> None:
         """Store what every open audit writer holds and stop it, then release every
         connection. Idempotent; later calls raise ``DatabaseError``."""
         _transaction_rule.refuse(self, "close")
-        with _writers_lock:
-            writers = list(self._audit_writers)
         failure: Exception | None = None
-        for writer in writers:
+        for writer in self._open_writers():
             try:
                 writer.close()
             except Exception as exc:  # close the rest and the backend first
                 failure = failure or exc
-        backend, self._backend = self._backend, _Closed()
-        self._stores = self._backend
-        if not isinstance(backend, _Closed):
+        if (backend := self._stand_in_closed()) is not None:
             backend.close()
         if failure is not None:
             raise failure
@@ -192,12 +148,8 @@ class DB(StoreFacade):
         _transaction_rule.refuse(self, "transaction")
         with self._backend.transaction() as stores:
             facade = StoreFacade(stores)
-            block = _transaction_rule.enter(self, blocking=True)
-            try:
+            with self._block(facade):
                 yield facade
-            finally:
-                facade._stores = _Ended()
-                _transaction_rule.leave(block)
 
     def __enter__(self) -> DB:
         return self
@@ -209,10 +161,6 @@ class DB(StoreFacade):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if isinstance(self._backend, _Closed) else "open"
-        return f"<DB {self.backend_spec.name} {state}>"
 
 
 def new(config: Config | None = None) -> DB:

@@ -8,9 +8,9 @@ besides its connections: transactions and the health check.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from .._delegation import AsyncForwardedStores, ForwardedStores, forwarding
 from .._protocols import Stores
@@ -43,6 +43,23 @@ def _count_each_table() -> Steps[None]:
 
 _HEALTH_CHECK: Flow[None] = Flow(_read_each_table)
 _COUNT_ROWS: Flow[None] = Flow(_count_each_table)
+
+Coalesced = TypeVar("Coalesced", CoalescedIncrements, AsyncCoalescedIncrements)
+
+
+def _coalescing(
+    backend: SqlStores | AsyncSqlStores, wanted: bool, combiner: Callable[[StoreLogic], Coalesced]
+) -> Coalesced | None:
+    """With ``wanted`` (``FullConfig.coalesce_increments``) on a dialect that has the batch
+    statement, the combiner ``combiner(logic)`` makes, through which ``backend``'s two
+    counting calls go from now on (a transaction's never do); else None."""
+    logic = backend._logic
+    if not (wanted and logic.dialect.coalesced_increments):
+        return None
+    coalesced = combiner(logic)
+    for name in ("increment_token_usage", "authorize"):
+        setattr(backend, name, getattr(coalesced, name))
+    return coalesced
 
 
 @forwarding(_CALL, protocol=Stores)
@@ -84,14 +101,11 @@ class SqlBackend(SqlStores):
         super().__init__(executor, StoreLogic(statements))
         self.executor = executor
         """The executor: :meth:`DbApiExecutor.connection` lends a connection."""
-        self._coalesced: CoalescedIncrements | None = None
-        if coalesce_increments and statements.dialect.coalesced_increments:
-            # FullConfig.coalesce_increments, where the dialect has the batch statement:
-            # the two counting calls go through the combiner (never a transaction's).
-            coalesced = CoalescedIncrements(executor, self._logic, leaders=leaders)
-            self._coalesced = coalesced
-            self.increment_token_usage = coalesced.increment_token_usage  # type: ignore[method-assign]
-            self.authorize = coalesced.authorize  # type: ignore[method-assign]
+        self._coalesced = _coalescing(
+            self,
+            coalesce_increments,
+            lambda logic: CoalescedIncrements(executor, logic, leaders=leaders),
+        )
 
     def drain(self) -> None:
         """Refuse new coalesced calls and wait for those in flight (a backend's
@@ -135,13 +149,11 @@ class AsyncSqlBackend(AsyncSqlStores):
         super().__init__(executor, StoreLogic(statements))
         self.executor = executor
         """The executor: :meth:`AsyncDbApiExecutor.connection` lends a connection."""
-        self._coalesced: AsyncCoalescedIncrements | None = None
-        if coalesce_increments and statements.dialect.coalesced_increments:
-            # As in SqlBackend: the two counting calls of concurrent tasks are combined.
-            coalesced = AsyncCoalescedIncrements(executor, self._logic, leaders=leaders)
-            self._coalesced = coalesced
-            self.increment_token_usage = coalesced.increment_token_usage  # type: ignore[method-assign]
-            self.authorize = coalesced.authorize  # type: ignore[method-assign]
+        self._coalesced = _coalescing(
+            self,
+            coalesce_increments,
+            lambda logic: AsyncCoalescedIncrements(executor, logic, leaders=leaders),
+        )
 
     async def drain(self) -> None:
         """As :meth:`SqlBackend.drain`, awaited."""
