@@ -239,10 +239,15 @@ def create_tokens_until_deleted(
 
 
 def delete_projects(db: DB, sync: Sync, doomed: Sequence[str], pause: float) -> Report:
-    """Each round, at the barrier, wait ``pause`` seconds, then delete the round's project."""
+    """Each round, at the barrier, wait until the creators are at work (the round's project
+    has a token; at most 10 s), then ``pause`` seconds more, then delete the project: the
+    delete always lands among creations, however slowly the other processes start."""
     outcomes: list[str] = []
     for project_id in doomed:
         sync.barrier.wait()
+        deadline = time.monotonic() + 10.0
+        while not db.list_tokens(project_id) and time.monotonic() < deadline:
+            time.sleep(0.0005)
         time.sleep(pause)
         try:
             db.delete_project(project_id)
