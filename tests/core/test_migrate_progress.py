@@ -10,7 +10,6 @@ backends/mysql/tests/test_mysql_migrations.py runs the same cases on MariaDB.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import signal
 import sqlite3
 import time
@@ -30,6 +29,7 @@ from llm_proxy_db.sql._migrate import (
     MigrationConnection,
     Migrations,
 )
+from tests.fixtures.goose import source_with
 
 REPO = Path(__file__).resolve().parents[2]
 SQLITE_FILES = REPO / "backends/sqlite/src/llm_proxy_db_sqlite/migrations"
@@ -88,12 +88,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 def _source(tmp_path: Path, files: dict[str, str]) -> Path:
-    source = tmp_path / "migrations"
-    if not source.exists():
-        shutil.copytree(SQLITE_FILES, source)
-    for name, text in files.items():
-        (source / name).write_text(text)
-    return source
+    return source_with(SQLITE_FILES, tmp_path, files)
 
 
 def _rows(path: Path, query: str) -> list[tuple[Any, ...]]:
